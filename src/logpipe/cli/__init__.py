@@ -1,0 +1,21 @@
+"""The ``logpipe`` command: one sub-command per job, each in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .demo import demo
+from .exporters import exporters
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="logpipe")
+def main() -> None:
+    """Collect structured logs from many machines into one searchable place."""
+
+
+main.add_command(demo)
+main.add_command(exporters)

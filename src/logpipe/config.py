@@ -1,0 +1,232 @@
+"""Settings: one typed object per concern, read once from arguments and env vars.
+
+Every setting is a dataclass field declared with `setting`. Its environment
+variable is derived (``<PREFIX><FIELD NAME IN CAPS>``), so the core settings
+live under ``LOGPIPE_`` and an exporter named ``kafka`` reads
+``LOGPIPE_KAFKA_<SETTING>``. One generic parser turns strings into the field's
+type and reports mistakes as `ConfigError` naming the variable; explicit Python
+arguments win over the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+from .exceptions import ConfigError
+
+__all__ = [
+    "CORE_PREFIX",
+    "Overflow",
+    "Settings",
+    "SettingDoc",
+    "at_least",
+    "describe",
+    "env_name",
+    "load",
+    "setting",
+]
+
+T = TypeVar("T")
+
+CORE_PREFIX = "LOGPIPE_"
+
+#: What a full queue does with the next record; see `logpipe.dispatch`.
+Overflow = Literal["block", "drop_newest", "drop_oldest", "spill"]
+
+Check = Callable[[Any], "str | None"]
+
+
+def setting(default: Any, help: str, *, check: Check | None = None) -> Any:
+    """Declare one setting: its default, a one-line help, an optional check.
+
+    *check* gets the parsed value and returns an error text, or None when the
+    value is acceptable.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "check": check})
+
+
+def at_least(low: float) -> Check:
+    """A check: the value must be >= *low*."""
+    return lambda value: None if value >= low else f"must be at least {low}"
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One row of the configuration table (``logpipe exporters``, the docs)."""
+
+    env: str
+    type: str
+    default: str
+    help: str
+
+
+def env_name(prefix: str, field_name: str) -> str:
+    """``("LOGPIPE_FILE_", "max_bytes")`` -> ``LOGPIPE_FILE_MAX_BYTES``."""
+    return f"{prefix}{field_name.upper()}"
+
+
+def load(
+    cls: type[T],
+    prefix: str,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    """Build *cls* from *overrides*, then the environment, then defaults.
+
+    Unknown keys in *overrides* and values that do not parse raise
+    `ConfigError`; values from the environment are reported by variable name.
+    """
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)} for {prefix}*; known: {', '.join(sorted(names))}"
+        )
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        var = env_name(prefix, field.name)
+        if field.name in overrides:
+            raw, source = overrides[field.name], f"argument {field.name!r} ({var})"
+        elif var in environ:
+            raw, source = environ[var], var
+        else:
+            continue
+        value = _coerce(raw, hints[field.name], source)
+        check = field.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{source}={raw!r}: {problem}")
+        values[field.name] = value
+    return cls(**values)
+
+
+def describe(cls: type, prefix: str) -> list[SettingDoc]:
+    """The settings of *cls* as table rows."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for field in dataclasses.fields(cls):
+        default = field.default
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        rows.append(
+            SettingDoc(
+                env=env_name(prefix, field.name),
+                type=_type_name(hints[field.name]),
+                default="" if default is None else str(default),
+                help=field.metadata.get("help", ""),
+            )
+        )
+    return rows
+
+
+def _coerce(raw: Any, hint: Any, source: str) -> Any:
+    try:
+        return _parse(raw, hint)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}={raw!r}: expected {_type_name(hint)} ({exc})") from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(raw: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.strip() in ("", "none")):
+            return None
+        return _parse(raw, inner[0])
+    if origin is Literal:
+        value = raw.strip() if isinstance(raw, str) else raw
+        if value not in args:
+            raise ValueError(f"choose one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise ValueError("use true/false, 1/0, yes/no or on/off")
+    if hint is int:
+        if isinstance(raw, bool):
+            raise ValueError("not an integer")
+        return int(str(raw).strip().replace("_", ""))
+    if hint is float:
+        if isinstance(raw, bool):
+            raise ValueError("not a number")
+        return float(str(raw).strip())
+    if hint is Path:
+        return Path(raw).expanduser()
+    if hint is str:
+        return str(raw)
+    raise TypeError(f"unsupported setting type {hint!r}")
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args if a is not type(None)) + " (optional)"
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin is tuple:
+        return "comma list"
+    return getattr(hint, "__name__", str(hint))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """logpipe's own settings (``LOGPIPE_*``); exporters declare theirs alike."""
+
+    exporter: tuple[str, ...] = setting(
+        ("file",), "Exporters to send every record to (comma list = fan-out)."
+    )
+    fallback_exporter: str = setting(
+        "auto",
+        "Where records go when an exporter fails or its queue overflows with "
+        "the spill policy: an exporter name, 'none', or 'auto' (the exporter's own default).",
+    )
+    queue_size: int = setting(20_000, "Records each exporter's queue holds.", check=at_least(1))
+    batch_size: int = setting(512, "Most records handed to one export call.", check=at_least(1))
+    batch_delay: float = setting(0.2, "Seconds a partial batch may wait before export.", check=at_least(0))
+    overflow: Overflow | None = setting(
+        None,
+        "Full-queue policy: block, drop_newest, drop_oldest, spill. "
+        "Unset: spill when there is a fallback exporter, else block.",
+    )
+    block_timeout: float = setting(
+        0.05, "Seconds the block policy waits for room before dropping.", check=at_least(0)
+    )
+    shutdown_timeout: float = setting(10.0, "Seconds to flush at exit or shutdown.", check=at_least(0))
+    action: str = setting("click", "Action value for records without an action= key.")
+    time_format: str = setting(
+        "iso", "Time layout: iso (ISO 8601, ms, offset), seed (YYYY-MM-DD HH:MM:SS) or a strftime pattern."
+    )
+    utc: bool = setting(True, "Render Time in UTC (else local time with its offset).")
+    service: str = setting("", "Service name; default: OTEL_SERVICE_NAME / OpenTelemetry resource.")
+    local_render: Literal["json", "console", "none"] = setting(
+        "json", "What the chain returns to structlog's own logger: json, console or none."
+    )
+    handle_sigterm: bool = setting(
+        True, "Turn SIGTERM into a clean exit that flushes (only when no handler is installed)."
+    )
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        for field in dataclasses.fields(self):
+            yield field.name, getattr(self, field.name)

@@ -1,0 +1,296 @@
+"""The one batch worker that serves every exporter.
+
+A log call only appends an encoded record to a bounded deque under a lock and
+returns; a daemon thread takes batches off the deque and hands them to the
+exporter. The thread wakes when a batch is full, when ``batch_delay`` has
+passed, or when a flush or shutdown is asked for. Network time is spent only
+on that thread, never in the application's.
+
+When the deque is full the `Overflow` policy decides, and every decision is
+counted in `DispatchStats`:
+
+``block``
+    wait up to ``block_timeout`` seconds for room, then drop the record
+    (counted as ``dropped``);
+``drop_newest``
+    drop the incoming record;
+``drop_oldest``
+    evict the oldest queued record to make room (OpenTelemetry's choice);
+``spill``
+    write the incoming record straight to the fallback exporter, in the calling
+    thread (a local file, so disk time, never network time).
+
+Records an export fails on go to the fallback exporter (``spilled``) or, when
+there is none or it fails too, are counted as ``failed``.
+
+Fork safety follows the OpenTelemetry SDK: the child starts with an empty
+queue and a fresh worker (the records queued before the fork belong to the
+parent, whose worker still delivers them), so nothing is sent twice and
+nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import Overflow
+from .exceptions import ConfigError
+from .exporters.base import Exporter, ExportResult, PartialFailure
+from .record import Record
+
+__all__ = ["DispatchStats", "Dispatcher"]
+
+
+@dataclass(frozen=True)
+class DispatchStats:
+    """Counters of one dispatcher, as of one moment.
+
+    ``submitted = sent + spilled + failed + dropped + queued + in_flight``.
+    """
+
+    exporter: str
+    submitted: int
+    sent: int
+    dropped: int
+    spilled: int
+    failed: int
+    queued: int
+    in_flight: int
+
+
+class Dispatcher:
+    """Queue, worker thread and overflow policy in front of one exporter.
+
+    *fallback* is called from the worker and, with the spill policy, from
+    application threads: it must be thread-safe (`Serialized` makes it so).
+    """
+
+    def __init__(
+        self,
+        exporter: Exporter,
+        *,
+        name: str = "",
+        fallback: Exporter | None = None,
+        queue_size: int = 20_000,
+        batch_size: int = 512,
+        batch_delay: float = 0.2,
+        overflow: Overflow = "block",
+        block_timeout: float = 0.05,
+    ) -> None:
+        if overflow == "spill" and fallback is None:
+            raise ConfigError("LOGPIPE_OVERFLOW=spill needs a fallback exporter (LOGPIPE_FALLBACK_EXPORTER)")
+        self.name = name or type(exporter).__name__
+        self.exporter = exporter
+        self.fallback = fallback
+        self._max = queue_size
+        self._batch_size = batch_size
+        self._batch_delay = batch_delay
+        self._overflow = overflow
+        self._block_timeout = block_timeout
+        self._init_state()
+        self._submitted = self._sent = self._dropped = self._spilled = self._failed = 0
+        self._last_report = 0.0
+        self._start_worker()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork_in_child"))
+
+    # -- the application's side ------------------------------------------------
+
+    def submit(self, record: Record) -> bool:
+        """Queue *record*; False when the overflow policy did not queue it."""
+        with self._lock:
+            self._submitted += 1
+            if self._stopped:
+                self._dropped += 1
+                return False
+            if len(self._queue) >= self._max and not self._make_room():
+                if self._overflow != "spill":
+                    self._dropped += 1
+                    return False
+                spill = True
+            else:
+                spill = False
+                self._queue.append(record)
+                self._enqueued += 1
+                if len(self._queue) >= self._batch_size:
+                    self._wake.notify()
+        if spill:
+            self._to_fallback([record])
+        return not spill
+
+    def _make_room(self) -> bool:
+        """Apply the overflow policy with the lock held; True when there is room."""
+        if self._overflow == "drop_oldest":
+            self._queue.popleft()
+            self._dropped += 1
+            self._done += 1
+            return True
+        if self._overflow == "block":
+            deadline = time.monotonic() + self._block_timeout
+            self._room_waiters += 1
+            try:
+                while len(self._queue) >= self._max and not self._stopped:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._room.wait(left):
+                        break
+            finally:
+                self._room_waiters -= 1
+            return len(self._queue) < self._max and not self._stopped
+        return False
+
+    def force_flush(self, timeout: float = 10.0) -> bool:
+        """Export everything queued before this call; True when done in time."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            target = self._enqueued
+            self._flushing += 1
+            self._wake.notify()
+            try:
+                while self._done < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._worker.is_alive():
+                        return False
+                    self._drained.wait(left)
+            finally:
+                self._flushing -= 1
+        left = max(0.0, deadline - time.monotonic())
+        ok = self.exporter.force_flush(left)
+        if self.fallback is not None:
+            ok = self.fallback.force_flush(max(0.0, deadline - time.monotonic())) and ok
+        return ok
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Drain the queue, stop the worker, shut the exporters down."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._wake.notify()
+            self._room.notify_all()
+        self._worker.join(timeout)
+        left = max(0.0, deadline - time.monotonic())
+        self.exporter.shutdown(left)
+        if self.fallback is not None:
+            self.fallback.shutdown(max(0.0, deadline - time.monotonic()))
+
+    def stats(self) -> DispatchStats:
+        with self._lock:
+            return DispatchStats(
+                exporter=self.name,
+                submitted=self._submitted,
+                sent=self._sent,
+                dropped=self._dropped,
+                spilled=self._spilled,
+                failed=self._failed,
+                queued=len(self._queue),
+                in_flight=self._in_flight,
+            )
+
+    # -- the worker's side --------------------------------------------------------
+
+    def _init_state(self) -> None:
+        self._queue: deque[Record] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)
+        self._room_waiters = 0
+        self._flushing = 0
+        self._enqueued = 0
+        self._done = 0
+        self._in_flight = 0
+        self._stopped = False
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._run, name=f"logpipe-{self.name}", daemon=True)
+        self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if len(self._queue) < self._batch_size and not (self._flushing or self._stopped):
+                    self._wake.wait(self._batch_delay)
+                take = min(self._batch_size, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(take)]
+                self._in_flight = take
+                if take and self._room_waiters:
+                    self._room.notify_all()
+                if not batch and self._stopped:
+                    self._drained.notify_all()
+                    return
+            if batch:
+                self._export(batch)
+            with self._lock:
+                self._in_flight = 0
+                self._done += take
+                if self._flushing:
+                    self._drained.notify_all()
+
+    def _export(self, batch: Sequence[Record]) -> None:
+        try:
+            result = self.exporter.export(batch)
+        except Exception as exc:  # an exporter bug must not kill the worker
+            self._report(f"export raised {type(exc).__name__}: {exc}")
+            result = ExportResult.FAILURE
+        if result is ExportResult.SUCCESS:
+            failed: Sequence[Record] = ()
+        elif isinstance(result, PartialFailure):
+            failed = result.failed
+        else:
+            failed = batch
+        with self._lock:
+            self._sent += len(batch) - len(failed)
+        if failed:
+            self._to_fallback(failed)
+
+    def _to_fallback(self, records: Sequence[Record]) -> None:
+        """Hand *records* to the fallback exporter; count them spilled or failed."""
+        ok = False
+        if self.fallback is not None:
+            try:
+                ok = self.fallback.export(records) is ExportResult.SUCCESS
+            except Exception as exc:
+                self._report(f"fallback export raised {type(exc).__name__}: {exc}")
+        with self._lock:
+            if ok:
+                self._spilled += len(records)
+            else:
+                self._failed += len(records)
+        if not ok:
+            self._report(f"{len(records)} record(s) could not be delivered")
+
+    def _report(self, message: str) -> None:
+        """Tell a human on stderr, at most every 10 s per dispatcher, never raise."""
+        now = time.monotonic()
+        if now - self._last_report < 10.0:
+            return
+        self._last_report = now
+        try:
+            print(f"logpipe: {self.name}: {message}", file=sys.stderr, flush=True)
+        except Exception:
+            pass
+
+    def _after_fork_in_child(self) -> None:
+        stopped = self._stopped
+        self._init_state()
+        self._stopped = stopped
+        self._submitted = self._sent = self._dropped = self._spilled = self._failed = 0
+        self.exporter.after_fork()
+        if self.fallback is not None:
+            self.fallback.after_fork()
+        if not stopped:
+            self._start_worker()
+
+
+def _call(ref: weakref.ref[Dispatcher], method: str) -> None:
+    target = ref()
+    if target is not None:
+        getattr(target, method)()

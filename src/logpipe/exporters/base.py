@@ -1,0 +1,120 @@
+"""The exporter contract every destination implements.
+
+Modelled on the OpenTelemetry SDK's exporters: three methods, called only from
+one dispatcher worker thread (never from the thread that logs), so an exporter
+may block on I/O and need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..record import Record
+
+__all__ = ["ExportResult", "Exporter", "NoOptions", "PartialFailure", "Serialized"]
+
+
+class ExportResult(enum.Enum):
+    """Outcome of one `Exporter.export` call."""
+
+    #: Every record was delivered (or durably handed to the destination).
+    SUCCESS = "success"
+    #: Nothing in the batch can be counted as delivered; the dispatcher sends
+    #: the whole batch to the fallback exporter.
+    FAILURE = "failure"
+
+
+@dataclass(frozen=True)
+class PartialFailure:
+    """Some records of a batch were not delivered; only these go to the fallback."""
+
+    failed: Sequence[Record]
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Settings of an exporter that has none."""
+
+
+class Exporter(abc.ABC):
+    """Sends batches of encoded records to one destination.
+
+    Subclasses set `Options` to a dataclass declared with
+    `logpipe.config.setting`; logpipe fills it from ``LOGPIPE_<NAME>_<SETTING>``
+    and arguments, then calls ``cls(options)``. Register the class under the
+    ``logpipe.exporters`` entry-point group to make it selectable by name.
+
+    Exceptions raised by `export` are caught by the dispatcher and treated as
+    `ExportResult.FAILURE`; an exporter should still retry transient errors
+    itself, within its own budget, before giving up on a batch.
+
+    Exporters survive ``os.fork``: the dispatcher calls `after_fork` in the
+    child, before the child's first export, so connections are re-made there.
+    """
+
+    Options: ClassVar[type[Any]] = NoOptions
+    #: Exporter used when ``LOGPIPE_FALLBACK_EXPORTER=auto``: None for local
+    #: destinations (a file), the spool for network ones.
+    default_fallback: ClassVar[str | None] = None
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abc.abstractmethod
+    def export(self, batch: Sequence[Record]) -> ExportResult | PartialFailure:
+        """Deliver *batch*, in order."""
+
+    def force_flush(self, timeout: float = 10.0) -> bool:
+        """Push out anything buffered; True when done within *timeout* seconds."""
+        return True
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Flush and release resources; `export` is not called afterwards."""
+
+    def after_fork(self) -> None:
+        """Reset per-process state (sockets, client threads) in a forked child."""
+
+    def describe(self) -> str:
+        """Where records go, for humans (``logpipe demo`` prints it)."""
+        return type(self).__name__
+
+
+class Serialized(Exporter):
+    """Wraps an exporter so calls from several threads take turns.
+
+    Used for the fallback exporter, which every dispatcher of a fan-out and
+    the application threads (spill policy) may call at once.
+    """
+
+    def __init__(self, inner: Exporter) -> None:
+        super().__init__(inner.options)
+        self.inner = inner
+        self._lock = threading.Lock()
+
+    def export(self, batch: Sequence[Record]) -> ExportResult | PartialFailure:
+        with self._lock:
+            return self.inner.export(batch)
+
+    def force_flush(self, timeout: float = 10.0) -> bool:
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        try:
+            return self.inner.force_flush(timeout)
+        finally:
+            self._lock.release()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self.inner.shutdown(timeout)
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self.inner.after_fork()
+
+    def describe(self) -> str:
+        return self.inner.describe()

@@ -1,0 +1,254 @@
+"""A pipeline: the processor chain plus one dispatcher per configured exporter.
+
+`configure` builds one from settings (arguments over ``LOGPIPE_*`` env vars)
+and makes it the current pipeline, which `stats`, `flush` and `shutdown`
+address and which is flushed at interpreter exit and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from structlog.typing import Processor
+
+from . import config, plugins
+from .config import Settings
+from .dispatch import Dispatcher, DispatchStats
+from .exceptions import ConfigError
+from .exporters.base import Exporter, Serialized
+from .processors import FuncNameAdder, KafkaLogRenderer, ServiceName, add_trace_context
+from .record import Record
+
+__all__ = ["Pipeline", "configure", "current", "flush", "processors", "shutdown", "stats"]
+
+ExporterSpec = str | Exporter
+
+
+class Pipeline:
+    """Fans each record out to its dispatchers (one per exporter)."""
+
+    def __init__(self, dispatchers: Sequence[Dispatcher], settings: Settings | None = None) -> None:
+        if not dispatchers:
+            raise ConfigError("LOGPIPE_EXPORTER: at least one exporter is needed")
+        self.dispatchers = tuple(dispatchers)
+        self.settings = settings or Settings()
+        self._closed = False
+        _live.add(self)
+
+    def submit(self, record: Record) -> None:
+        """Queue *record* on every dispatcher; never blocks on the network."""
+        for dispatcher in self.dispatchers:
+            dispatcher.submit(record)
+
+    def processors(self, *, func_name_ignores: list[str] | None = None) -> list[Processor]:
+        """The structlog chain that ends in this pipeline."""
+        s = self.settings
+        submit: Any = self.dispatchers[0].submit if len(self.dispatchers) == 1 else self.submit
+        return [
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            add_trace_context,
+            FuncNameAdder(func_name_ignores),
+            KafkaLogRenderer(
+                submit,
+                action=s.action,
+                time_format=s.time_format,
+                utc=s.utc,
+                service=ServiceName(s.service),
+                local=s.local_render,
+            ),
+        ]
+
+    def stats(self) -> dict[str, DispatchStats]:
+        return {d.name: d.stats() for d in self.dispatchers}
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        return all([d.force_flush(timeout) for d in self.dispatchers])
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush and stop every dispatcher; later records are counted as dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        threads = [threading.Thread(target=d.shutdown, args=(timeout,)) for d in self.dispatchers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout + 1.0)
+
+    def describe(self) -> list[str]:
+        lines = []
+        for d in self.dispatchers:
+            line = f"{d.name}: {d.exporter.describe()}"
+            if d.fallback is not None:
+                line += f" (fallback: {d.fallback.describe()})"
+            lines.append(line)
+        return lines
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        exporters: Iterable[ExporterSpec] | None = None,
+        exporter_options: Mapping[str, Mapping[str, Any]] | None = None,
+        fallback: ExporterSpec | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Pipeline:
+        """Create the exporters and their dispatchers from *settings*."""
+        options = exporter_options or {}
+        specs = list(exporters) if exporters is not None else list(settings.exporter)
+        fallbacks: dict[str, Exporter] = {}
+        shared = Serialized(fallback) if isinstance(fallback, Exporter) else None
+
+        def make(spec: ExporterSpec, variable: str) -> tuple[str, Exporter]:
+            if isinstance(spec, Exporter):
+                return type(spec).__name__, spec
+            return spec, plugins.create(spec, options.get(spec), environ, variable=variable)
+
+        def fallback_for(exporter: Exporter) -> Exporter | None:
+            if shared is not None:
+                return shared
+            name = fallback if isinstance(fallback, str) else settings.fallback_exporter
+            if name == "auto":
+                name = exporter.default_fallback or "none"
+            if name == "none":
+                return None
+            if name not in fallbacks:
+                fallbacks[name] = Serialized(make(name, "LOGPIPE_FALLBACK_EXPORTER")[1])
+            return fallbacks[name]
+
+        dispatchers = []
+        for spec in specs:
+            name, exporter = make(spec, "LOGPIPE_EXPORTER")
+            backup = fallback_for(exporter)
+            dispatchers.append(
+                Dispatcher(
+                    exporter,
+                    name=name,
+                    fallback=backup,
+                    queue_size=settings.queue_size,
+                    batch_size=settings.batch_size,
+                    batch_delay=settings.batch_delay,
+                    overflow=settings.overflow or ("spill" if backup is not None else "block"),
+                    block_timeout=settings.block_timeout,
+                )
+            )
+        return cls(dispatchers, settings)
+
+
+# -- the current pipeline ----------------------------------------------------------
+
+_live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+_current: Pipeline | None = None
+_lock = threading.Lock()
+
+
+def configure(
+    *,
+    exporter: ExporterSpec | Iterable[ExporterSpec] | None = None,
+    fallback_exporter: ExporterSpec | None = None,
+    exporter_options: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **settings: Any,
+) -> Pipeline:
+    """Build a pipeline and make it current, replacing (and flushing) the old one.
+
+    *exporter* is a name, a comma list, or a list of names and `Exporter`
+    instances; *exporter_options* maps an exporter name to its settings (the
+    same names as its ``LOGPIPE_<NAME>_*`` variables, lower case). Other
+    keyword arguments are `Settings` fields. Arguments override the
+    environment; bad values raise `ConfigError` here, never in a log call.
+    """
+    global _current
+    specs: list[ExporterSpec] | None = None
+    if isinstance(exporter, (str, Exporter)):
+        exporter = [exporter]
+    if exporter is not None:
+        specs = []
+        for spec in exporter:
+            if isinstance(spec, str):
+                specs.extend(s.strip() for s in spec.split(",") if s.strip())
+            else:
+                specs.append(spec)
+        settings["exporter"] = tuple(s for s in specs if isinstance(s, str)) or ("custom",)
+    if isinstance(fallback_exporter, str):
+        settings["fallback_exporter"] = fallback_exporter
+    parsed = config.load(Settings, config.CORE_PREFIX, settings, environ)
+    fallback = fallback_exporter if isinstance(fallback_exporter, Exporter) else None
+    pipeline = Pipeline.from_settings(parsed, specs, exporter_options, fallback, environ)
+    with _lock:
+        previous, _current = _current, pipeline
+    if previous is not None:
+        previous.shutdown()
+    _install_exit_hooks(parsed)
+    return pipeline
+
+
+def processors(**options: Any) -> list[Processor]:
+    """The processor list for ``structlog.configure(processors=...)``.
+
+    Takes the same arguments as `configure`; with none, everything comes from
+    ``LOGPIPE_*`` variables and defaults (the ``file`` exporter).
+    """
+    return configure(**options).processors()
+
+
+def current() -> Pipeline | None:
+    return _current
+
+
+def stats() -> dict[str, DispatchStats]:
+    """Counters of the current pipeline, by exporter name."""
+    return _current.stats() if _current is not None else {}
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Deliver everything logged so far; True when done within *timeout*."""
+    return _current.force_flush(timeout) if _current is not None else True
+
+
+def shutdown(timeout: float | None = None) -> None:
+    """Flush and stop the current pipeline."""
+    if _current is not None:
+        _current.shutdown(timeout)
+
+
+def _shutdown_all() -> None:
+    for pipeline in list(_live):
+        pipeline.shutdown()
+
+
+_hooks_installed = False
+
+
+def _install_exit_hooks(settings: Settings) -> None:
+    """Flush at interpreter exit, and on SIGTERM when nobody else handles it."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_shutdown_all)
+    if (
+        settings.handle_sigterm
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Flush, then die of SIGTERM as the process would have without us."""
+    _shutdown_all()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,274 @@
+"""The KafkaLog record: its wire shape, its encoding, and helpers that build one.
+
+The wire format is a flat JSON object whose first six keys are the seed design's
+``KafkaLog`` struct (``Type, Action, Time, Msg, Field, FuncName``) so the seed's
+Logstash pipeline (``codec => json``) reads it unchanged, plus the keys that make
+records traceable and de-duplicable downstream (``TraceId, SpanId, Service,
+Host, Id``).
+
+Encoding happens once, in the thread that logs, so a record is a snapshot:
+mutating a logged object afterwards cannot change what is shipped.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypedDict
+
+import orjson
+import uuid_utils
+
+__all__ = [
+    "WIRE_KEYS",
+    "KafkaLog",
+    "Record",
+    "decode",
+    "encode",
+    "error",
+    "format_time",
+    "info",
+    "make_record",
+    "new_id",
+]
+
+#: The keys of every record on the wire, in order.
+WIRE_KEYS = (
+    "Type",
+    "Action",
+    "Time",
+    "Msg",
+    "Field",
+    "FuncName",
+    "TraceId",
+    "SpanId",
+    "Service",
+    "Host",
+    "Id",
+)
+
+#: The seed design's ``YYYY-MM-DD HH:MM:SS`` layout (local time).
+SEED_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+HOST = socket.gethostname()
+
+
+class KafkaLog(TypedDict):
+    """The decoded wire shape of one log event."""
+
+    Type: str
+    Action: str
+    Time: str
+    Msg: str
+    Field: dict[str, Any]
+    FuncName: str
+    TraceId: str
+    SpanId: str
+    Service: str
+    Host: str
+    Id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One encoded event as it travels from the log call to the exporters.
+
+    ``payload`` is the KafkaLog JSON (no trailing newline). The other fields
+    duplicate the few values exporters route on (partition key, header, daily
+    index) so that no exporter has to parse the payload again.
+    """
+
+    id: str
+    ts: float
+    trace_id: str
+    service: str
+    payload: bytes
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> Record:
+        """Rebuild a record from its wire JSON (spool replay, file tail).
+
+        Raises `ValueError` when *payload* is not a KafkaLog object.
+        """
+        doc = decode(payload)
+        if not isinstance(doc, dict) or not isinstance(doc.get("Id"), str):
+            raise ValueError("not a KafkaLog record: missing string 'Id'")
+        return cls(
+            id=doc["Id"],
+            ts=_parse_ts(doc.get("Time")),
+            trace_id=str(doc.get("TraceId") or ""),
+            service=str(doc.get("Service") or ""),
+            payload=payload,
+        )
+
+    def decoded(self) -> KafkaLog:
+        """The payload as a dict."""
+        return decode(self.payload)  # type: ignore[no-any-return]
+
+
+def new_id() -> str:
+    """A unique, time-ordered event id (UUIDv7), the key for downstream dedup."""
+    return str(uuid_utils.uuid7())
+
+
+def format_time(ts: float, fmt: str = "iso", *, utc: bool = True) -> str:
+    """Render epoch seconds as the record's ``Time``.
+
+    ``iso`` gives ISO 8601 with milliseconds and a UTC offset; ``seed`` the seed
+    design's ``YYYY-MM-DD HH:MM:SS``; anything else is a `strftime` pattern.
+    """
+    tz = timezone.utc if utc else None
+    moment = datetime.fromtimestamp(ts, tz)
+    if tz is None:
+        moment = moment.astimezone()
+    if fmt == "iso":
+        return moment.isoformat(timespec="milliseconds")
+    return moment.strftime(SEED_TIME_FORMAT if fmt == "seed" else fmt)
+
+
+def _parse_ts(value: object) -> float:
+    if isinstance(value, str):
+        for parse in (datetime.fromisoformat, _parse_seed_time):
+            try:
+                moment = parse(value)
+            except ValueError:
+                continue
+            if moment.tzinfo is None:
+                moment = moment.astimezone()
+            return moment.timestamp()
+    return time.time()
+
+
+def _parse_seed_time(value: str) -> datetime:
+    return datetime.strptime(value, SEED_TIME_FORMAT)
+
+
+# --- encoding ---------------------------------------------------------------
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def _printable(obj: object) -> object:
+    """orjson's fallback: turn what JSON cannot hold into something readable."""
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).decode("utf-8", "backslashreplace")
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {obj}"
+    return _safe_str(obj)
+
+
+def _safe_str(obj: object) -> str:
+    try:
+        return str(obj)
+    except Exception:
+        try:
+            return repr(obj)
+        except Exception:
+            return f"<unprintable {type(obj).__name__}>"
+
+
+def encode(doc: Mapping[str, Any]) -> bytes:
+    """Encode *doc* as compact JSON, never raising and never dropping a value.
+
+    The fast path is one ``orjson.dumps``. Values orjson refuses (integers past
+    64 bits, cycles) or silently turns into ``null`` (NaN, infinities) send the
+    document through `_sanitize` first; the ``null`` scan keeps that check
+    nearly free for the common case.
+    """
+    try:
+        out = orjson.dumps(doc, default=_printable, option=_OPTIONS)
+    except TypeError:
+        return orjson.dumps(_sanitize(doc, set()), default=_printable, option=_OPTIONS)
+    if b"null" in out and _has_non_finite(doc):
+        return orjson.dumps(_sanitize(doc, set()), default=_printable, option=_OPTIONS)
+    return out
+
+
+def decode(payload: bytes | str) -> Any:
+    """Parse JSON; raises `ValueError` on malformed input."""
+    return orjson.loads(payload)
+
+
+def _has_non_finite(value: object, depth: int = 0) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if depth > 64:
+        return False
+    if isinstance(value, Mapping):
+        return any(_has_non_finite(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v, depth + 1) for v in value)
+    return False
+
+
+def _sanitize(value: object, seen: set[int]) -> object:
+    """Deep copy of *value* that plain JSON can hold; cycles become markers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # 'nan', 'inf', '-inf'
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    if isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        if id(value) in seen:
+            return f"<cycle {type(value).__name__}>"
+        seen = seen | {id(value)}
+        if isinstance(value, Mapping):
+            return {_key(k): _sanitize(v, seen) for k, v in value.items()}
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [_sanitize(v, seen) for v in items]
+    return value
+
+
+def _key(key: object) -> object:
+    return key if isinstance(key, (str, int, float, bool)) or key is None else _safe_str(key)
+
+
+# --- building records directly ----------------------------------------------
+
+
+def make_record(
+    *,
+    type: str,
+    msg: str,
+    func_name: str = "",
+    fields: Mapping[str, Any] | None = None,
+    action: str = "click",
+    trace_id: str = "",
+    span_id: str = "",
+    service: str = "",
+    time_format: str = "iso",
+    ts: float | None = None,
+) -> Record:
+    """Build and encode one KafkaLog record; the processor chain ends here too."""
+    ts = time.time() if ts is None else ts
+    record_id = new_id()
+    doc = {
+        "Type": type,
+        "Action": action,
+        "Time": format_time(ts, time_format),
+        "Msg": msg,
+        "Field": dict(fields or {}),
+        "FuncName": func_name,
+        "TraceId": trace_id,
+        "SpanId": span_id,
+        "Service": service,
+        "Host": HOST,
+        "Id": record_id,
+    }
+    return Record(record_id, ts, trace_id, service, encode(doc))
+
+
+def error(err: BaseException | str, func_name: str, fields: Mapping[str, Any] | None = None, **kw: Any) -> Record:
+    """The seed's ``Error(err, funcName, fieldMap)``: an ``error`` record from an exception."""
+    return make_record(type="error", msg=str(err), func_name=func_name, fields=fields, **kw)
+
+
+def info(msg: str, func_name: str, fields: Mapping[str, Any] | None = None, **kw: Any) -> Record:
+    """The seed's ``Info(msg, funcName, fieldMap)``: an ``info`` record."""
+    return make_record(type="info", msg=msg, func_name=func_name, fields=fields, **kw)
+
