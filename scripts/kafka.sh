@@ -14,13 +14,13 @@
 #   scripts/kafka.sh env          # LOGPIPE_TEST_KAFKA_BOOTSTRAP=127.0.0.1:PORT, for: eval "$(scripts/kafka.sh env)"
 #
 # Environment (all optional):
-#   LOGPIPE_KAFKA_PORT=19092             PLAINTEXT listener (client bootstrap)
-#   LOGPIPE_KAFKA_CONTROLLER_PORT=19093  KRaft controller listener
-#   LOGPIPE_KAFKA_PARTITIONS=3           num.partitions for auto-created topics
-#   LOGPIPE_KAFKA_HEAP="-Xms256m -Xmx512m"
-#   LOGPIPE_KAFKA_VERSION=4.1.1          org.apache.kafka:kafka_2.13 version
-#   LOGPIPE_KAFKA_START_TIMEOUT=90       seconds to wait for the broker to answer
-#   LOGPIPE_KAFKA_STOP_TIMEOUT=30        seconds to wait after SIGTERM before SIGKILL
+#   LOGPIPE_SERVICES_KAFKA_PORT=19092             PLAINTEXT listener (client bootstrap)
+#   LOGPIPE_SERVICES_KAFKA_CONTROLLER_PORT=19093  KRaft controller listener
+#   LOGPIPE_SERVICES_KAFKA_PARTITIONS=3           num.partitions for auto-created topics
+#   LOGPIPE_SERVICES_KAFKA_HEAP="-Xms256m -Xmx512m"
+#   LOGPIPE_SERVICES_KAFKA_VERSION=4.1.1          org.apache.kafka:kafka_2.13 version
+#   LOGPIPE_SERVICES_KAFKA_START_TIMEOUT=90       seconds to wait for the broker to answer
+#   LOGPIPE_SERVICES_KAFKA_STOP_TIMEOUT=30        seconds to wait after SIGTERM before SIGKILL
 #   LOGPIPE_SERVICES_DIR=<repo>/.services  state lives in $LOGPIPE_SERVICES_DIR/kafka
 #                                          (server.properties, data/, kafka.log, kafka.pid)
 #   LOGPIPE_CACHE_DIR=~/.cache/logpipe   jars cached in $LOGPIPE_CACHE_DIR/kafka-<version>/libs
@@ -30,13 +30,13 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 
 HOST=127.0.0.1
-PORT=${LOGPIPE_KAFKA_PORT:-19092}
-CONTROLLER_PORT=${LOGPIPE_KAFKA_CONTROLLER_PORT:-19093}
-PARTITIONS=${LOGPIPE_KAFKA_PARTITIONS:-3}
-HEAP=${LOGPIPE_KAFKA_HEAP:--Xms256m -Xmx512m}
-VERSION=${LOGPIPE_KAFKA_VERSION:-4.1.1}
-START_TIMEOUT=${LOGPIPE_KAFKA_START_TIMEOUT:-90}
-STOP_TIMEOUT=${LOGPIPE_KAFKA_STOP_TIMEOUT:-30}
+PORT=${LOGPIPE_SERVICES_KAFKA_PORT:-19092}
+CONTROLLER_PORT=${LOGPIPE_SERVICES_KAFKA_CONTROLLER_PORT:-19093}
+PARTITIONS=${LOGPIPE_SERVICES_KAFKA_PARTITIONS:-3}
+HEAP=${LOGPIPE_SERVICES_KAFKA_HEAP:--Xms256m -Xmx512m}
+VERSION=${LOGPIPE_SERVICES_KAFKA_VERSION:-4.1.1}
+START_TIMEOUT=${LOGPIPE_SERVICES_KAFKA_START_TIMEOUT:-90}
+STOP_TIMEOUT=${LOGPIPE_SERVICES_KAFKA_STOP_TIMEOUT:-30}
 
 STATE=${LOGPIPE_SERVICES_DIR:-$REPO/.services}/kafka
 DATA=$STATE/data
