@@ -24,16 +24,18 @@
 # Data lives in <state>/data and is kept across stop/start; delete the state
 # directory (while stopped) to start from an empty cluster.
 #
-# What this node has (Elasticsearch 8.14.3 server + transport-netty4): all
-# server features (mappings incl. flattened, bulk, search, composable index
-# templates, _analyze with built-in analyzers, delete index, ...), plus the
-# launcher's "smartcn" analyzer / "smartcn_tokenizer" (Lucene's Smart
-# Chinese analyzer) and GET|HEAD / (info/ping). It does NOT have the other
-# distribution modules, which are not on Maven Central for 8.x: no
-# analysis-common (e.g. no "whitespace"-free custom filters like
-# "word_delimiter"), painless, ingest-common processors, reindex /
-# update_by_query / delete_by_query, data streams, mapper-extras, x-pack
-# (security, ILM, ...). Security is therefore simply absent: plain http.
+# What this node has (Elasticsearch 8.14.3 server + transport-netty4): the
+# server's features (mappings incl. flattened, bulk, search, aggregations,
+# composable index templates, delete index by wildcard, _analyze with the
+# server's analyzers standard/simple/whitespace/stop/keyword and the
+# lowercase filter), plus, from the launcher, the "smartcn" analyzer and
+# "smartcn_tokenizer" (Lucene's Smart Chinese analyzer) and GET|HEAD /
+# (info/ping). It lacks the distribution's other modules, which are not on
+# Maven Central for 8.x: analysis-common (language analyzers, most
+# tokenizers and filters), painless, ingest processors, reindex /
+# update_by_query / delete_by_query, the data stream APIs (a data stream
+# can be created by indexing, but not listed or deleted), mapper-extras,
+# and x-pack (so there is no security at all: plain http, no auth).
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

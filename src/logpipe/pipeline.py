@@ -108,7 +108,6 @@ class Pipeline:
         """Create the exporters and their dispatchers from *settings*."""
         options = exporter_options or {}
         specs = list(exporters) if exporters is not None else list(settings.exporter)
-        fallbacks: dict[str, Exporter] = {}
         shared = Serialized(fallback) if isinstance(fallback, Exporter) else None
 
         def make(spec: ExporterSpec, variable: str) -> tuple[str, Exporter]:
@@ -116,22 +115,23 @@ class Pipeline:
                 return type(spec).__name__, spec
             return spec, plugins.create(spec, options.get(spec), environ, variable=variable)
 
-        def fallback_for(exporter: Exporter) -> Exporter | None:
+        def fallback_for(name: str, exporter: Exporter) -> Exporter | None:
+            """A fallback instance of its own for each primary (see `Exporter.bind_primary`)."""
             if shared is not None:
                 return shared
-            name = fallback if isinstance(fallback, str) else settings.fallback_exporter
-            if name == "auto":
-                name = exporter.default_fallback or "none"
-            if name == "none":
+            choice = fallback if isinstance(fallback, str) else settings.fallback_exporter
+            if choice == "auto":
+                choice = exporter.default_fallback or "none"
+            if choice == "none":
                 return None
-            if name not in fallbacks:
-                fallbacks[name] = Serialized(make(name, "LOGPIPE_FALLBACK_EXPORTER")[1])
-            return fallbacks[name]
+            backup = Serialized(make(choice, "LOGPIPE_FALLBACK_EXPORTER")[1])
+            backup.bind_primary(name, exporter)
+            return backup
 
         dispatchers = []
         for spec in specs:
             name, exporter = make(spec, "LOGPIPE_EXPORTER")
-            backup = fallback_for(exporter)
+            backup = fallback_for(name, exporter)
             dispatchers.append(
                 Dispatcher(
                     exporter,

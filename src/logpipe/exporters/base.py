@@ -79,6 +79,13 @@ class Exporter(abc.ABC):
     def after_fork(self) -> None:
         """Reset per-process state (sockets, client threads) in a forked child."""
 
+    def bind_primary(self, name: str, primary: Exporter) -> None:
+        """Called once when this exporter becomes the fallback of *primary*.
+
+        Each primary gets its own fallback instance, so a spool can keep one
+        directory per primary and replay into it when it recovers.
+        """
+
     def describe(self) -> str:
         """Where records go, for humans (``logpipe demo`` prints it)."""
         return type(self).__name__
@@ -115,6 +122,9 @@ class Serialized(Exporter):
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self.inner.after_fork()
+
+    def bind_primary(self, name: str, primary: Exporter) -> None:
+        self.inner.bind_primary(name, primary)
 
     def describe(self) -> str:
         return self.inner.describe()
