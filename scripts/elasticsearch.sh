@@ -14,11 +14,11 @@
 # Environment:
 #   LOGPIPE_SERVICES_DIR        state root (default: <repo>/.services); state in <root>/elasticsearch
 #   LOGPIPE_CACHE_DIR           jar cache root (default: ~/.cache/logpipe)
-#   LOGPIPE_ES_PORT             HTTP port (default 19200)
-#   LOGPIPE_ES_TRANSPORT_PORT   transport port (default HTTP port + 100)
-#   LOGPIPE_ES_HEAP             heap size for -Xms/-Xmx (default 512m)
-#   LOGPIPE_ES_START_TIMEOUT    seconds to wait for yellow/green (default 180)
-#   LOGPIPE_ES_JAVA_OPTS        extra JVM options
+#   LOGPIPE_SERVICES_ES_PORT             HTTP port (default 19200)
+#   LOGPIPE_SERVICES_ES_TRANSPORT_PORT   transport port (default HTTP port + 100)
+#   LOGPIPE_SERVICES_ES_HEAP             heap size for -Xms/-Xmx (default 512m)
+#   LOGPIPE_SERVICES_ES_START_TIMEOUT    seconds to wait for yellow/green (default 180)
+#   LOGPIPE_SERVICES_ES_JAVA_OPTS        extra JVM options
 #   JAVA_HOME                   JDK to use (default: java/javac on PATH; needs 17+)
 #
 # Data lives in <state>/data and is kept across stop/start; delete the state
@@ -46,10 +46,10 @@ POM="$SCRIPT_DIR/elasticsearch/pom.xml"
 STATE="${LOGPIPE_SERVICES_DIR:-$REPO/.services}/elasticsearch"
 CACHE="${LOGPIPE_CACHE_DIR:-$HOME/.cache/logpipe}/elasticsearch-$ES_VERSION"
 LIBS="$CACHE/libs"
-PORT="${LOGPIPE_ES_PORT:-19200}"
-TPORT="${LOGPIPE_ES_TRANSPORT_PORT:-$((PORT + 100))}"
-HEAP="${LOGPIPE_ES_HEAP:-512m}"
-START_TIMEOUT="${LOGPIPE_ES_START_TIMEOUT:-180}"
+PORT="${LOGPIPE_SERVICES_ES_PORT:-19200}"
+TPORT="${LOGPIPE_SERVICES_ES_TRANSPORT_PORT:-$((PORT + 100))}"
+HEAP="${LOGPIPE_SERVICES_ES_HEAP:-512m}"
+START_TIMEOUT="${LOGPIPE_SERVICES_ES_START_TIMEOUT:-180}"
 STOP_TIMEOUT=30
 HOST=127.0.0.1
 MAIN_CLASS=org.elasticsearch.node.LogpipeTestNode
@@ -351,7 +351,9 @@ build_launcher() {
     log "compiling the node launcher into $dir"
     rm -rf "$dir"
     mkdir -p "$dir/classes"
-    if ! "$JAVAC" -nowarn -encoding UTF-8 -d "$dir/classes" -cp "$LIBS/*" $(find "$src" -name '*.java') >&2; then
+    if ! "$JAVAC" -nowarn -encoding UTF-8 -d "$dir/classes" -cp "$LIBS/*" \
+        "$src/org/elasticsearch/plugins/LogpipeClasspathPluginsService.java" \
+        "$src/org/elasticsearch/node/LogpipeTestNode.java" >&2; then
       rm -rf "$src" "$dir"
       die "could not compile the node launcher"
     fi
@@ -425,10 +427,10 @@ cmd_start() {
   rm -f "$PIDFILE" "$PORTFILE"
 
   if port_answers "$PORT"; then
-    die "port $HOST:$PORT is already in use by another process (set LOGPIPE_ES_PORT)"
+    die "port $HOST:$PORT is already in use by another process (set LOGPIPE_SERVICES_ES_PORT)"
   fi
   if port_answers "$TPORT"; then
-    die "transport port $HOST:$TPORT is already in use by another process (set LOGPIPE_ES_TRANSPORT_PORT)"
+    die "transport port $HOST:$TPORT is already in use by another process (set LOGPIPE_SERVICES_ES_TRANSPORT_PORT)"
   fi
   command -v "$JAVA" >/dev/null || die "java not found (a JDK 17+ is needed)"
 
@@ -439,7 +441,7 @@ cmd_start() {
   rm -f "$STATE/logs/http.ports" "$STATE/logs/transport.ports"
 
   echo "=== $(date -u +%FT%TZ) start: Elasticsearch $ES_VERSION on $HOST:$PORT (transport $TPORT)" >>"$LOGFILE"
-  # shellcheck disable=SC2086 # LOGPIPE_ES_JAVA_OPTS is a list of options
+  # shellcheck disable=SC2086 # LOGPIPE_SERVICES_ES_JAVA_OPTS is a list of options
   setsid nohup "$JAVA" \
     "-Xms$HEAP" "-Xmx$HEAP" -XX:+UseG1GC -Xss1m \
     -XX:-OmitStackTraceInFastThrow \
@@ -449,7 +451,7 @@ cmd_start() {
     -Des.networkaddress.cache.ttl=60 -Des.networkaddress.cache.negative.ttl=10 \
     -Dio.netty.noUnsafe=true -Dio.netty.noKeySetOptimization=true -Dio.netty.recycler.maxCapacityPerThread=0 \
     -Dlog4j2.disable.jmx=true -Dlog4j2.formatMsgNoLookups=true -Dlog4j.shutdownHookEnabled=false \
-    ${LOGPIPE_ES_JAVA_OPTS:-} \
+    ${LOGPIPE_SERVICES_ES_JAVA_OPTS:-} \
     -cp "$cp" "$MAIN_CLASS" "$STATE" \
     </dev/null >>"$LOGFILE" 2>&1 9>&- &
   pid=$!
