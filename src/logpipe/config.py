@@ -14,7 +14,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
@@ -227,6 +227,3 @@ class Settings:
         True, "Turn SIGTERM into a clean exit that flushes (only when no handler is installed)."
     )
 
-    def items(self) -> Iterator[tuple[str, Any]]:
-        for field in dataclasses.fields(self):
-            yield field.name, getattr(self, field.name)

@@ -34,16 +34,15 @@ def demo(exporter: str | None, orders: int, service: str) -> None:
     pipeline.shutdown()
 
     console.print(f"[bold]logpipe demo[/]: the example application made {calls} log calls.")
-    table = Table(title="Where the records went")
-    for column in ("exporter", "destination", "sent", "spilled", "dropped", "failed"):
+    table = Table(title="Delivery counters")
+    for column in ("exporter", "sent", "spilled", "dropped", "failed"):
         table.add_column(column)
-    for dispatcher in pipeline.dispatchers:
-        s = stats[dispatcher.name]
-        destination = dispatcher.exporter.describe()
-        if dispatcher.fallback is not None:
-            destination += f"\n(fallback: {dispatcher.fallback.describe()})"
-        table.add_row(s.exporter, destination, str(s.sent), str(s.spilled), str(s.dropped), str(s.failed))
+    for s in stats.values():
+        table.add_row(s.exporter, str(s.sent), str(s.spilled), str(s.dropped), str(s.failed))
     console.print(table)
+    console.print("[bold]Where the records went:[/]")
+    for line in pipeline.describe():
+        console.print(f"  {line}", soft_wrap=True, markup=False)
     lost = sum(s.dropped + s.failed for s in stats.values())
     if lost:
         raise SystemExit(f"logpipe demo: {lost} record(s) were not delivered")

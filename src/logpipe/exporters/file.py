@@ -58,7 +58,7 @@ class FileExporter(Exporter):
         self._file: IO[bytes] | None = None
         self._opened_at = 0.0
         self._size = 0
-        self._last_sync = 0.0
+        self._last_sync = float("-inf")
 
     def export(self, batch: Sequence[Record]) -> ExportResult:
         data = b"".join([r.payload + b"\n" for r in batch])

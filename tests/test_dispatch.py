@@ -1,0 +1,302 @@
+"""Tests for logpipe.dispatch: the batch worker, its overflow policies and counters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from logpipe import record
+from logpipe.dispatch import Dispatcher, DispatchStats
+from logpipe.exceptions import ConfigError
+from logpipe.exporters.base import Exporter, ExportResult, PartialFailure
+from logpipe.testing import InMemoryExporter
+
+from conftest import wait_until
+
+
+def records(n: int) -> list[record.Record]:
+    return [record.info(f"m{i}", "t.f", {"i": i}) for i in range(n)]
+
+
+def balanced(s: DispatchStats) -> bool:
+    """Every submitted record is accounted for exactly once."""
+    return s.submitted == s.sent + s.spilled + s.failed + s.dropped + s.queued + s.in_flight
+
+
+def blocked_dispatcher(policy: str, fallback: Exporter | None = None, size: int = 4) -> tuple[Dispatcher, InMemoryExporter]:
+    """A dispatcher whose exporter holds its first batch until the gate opens."""
+    primary = InMemoryExporter()
+    primary.gate.clear()
+    d = Dispatcher(primary, fallback=fallback, queue_size=size, batch_size=1, batch_delay=0.01, overflow=policy)  # type: ignore[arg-type]
+    d.submit(record.info("in flight", "t.f"))
+    wait_until(lambda: d.stats().in_flight == 1, 5)
+    return d, primary
+
+
+class TestBatching:
+    def test_everything_submitted_is_exported_in_order(self) -> None:
+        """Records arrive at the exporter once each, in submission order."""
+        mem = InMemoryExporter()
+        d = Dispatcher(mem, batch_size=50, batch_delay=0.01)
+        batch = records(1000)
+        for r in batch:
+            d.submit(r)
+        assert d.force_flush(5.0)
+        assert mem.ids() == [r.id for r in batch]
+        assert max(mem.batches) <= 50
+        s = d.stats()
+        assert (s.submitted, s.sent, s.queued) == (1000, 1000, 0) and balanced(s)
+        d.shutdown(5.0)
+
+    def test_partial_batches_go_out_after_the_delay(self) -> None:
+        """A lone record is exported after batch_delay without any flush."""
+        mem = InMemoryExporter()
+        d = Dispatcher(mem, batch_size=100, batch_delay=0.05)
+        d.submit(record.info("alone", "t.f"))
+        wait_until(lambda: mem.records, 5)
+        d.shutdown(5.0)
+
+    def test_shutdown_drains_the_queue(self) -> None:
+        """Shutdown exports what is queued, then shuts the exporter down."""
+        mem = InMemoryExporter()
+        d = Dispatcher(mem, batch_size=10, batch_delay=60)
+        for r in records(25):
+            d.submit(r)
+        d.shutdown(5.0)
+        assert len(mem.records) == 25 and mem.shut_down
+        assert not d.submit(record.info("late", "t.f"))
+        assert d.stats().dropped == 1
+
+
+class TestOverflow:
+    def test_drop_newest(self) -> None:
+        """A full queue refuses new records and counts them dropped."""
+        d, primary = blocked_dispatcher("drop_newest")
+        sent = records(10)
+        accepted = [d.submit(r) for r in sent]
+        assert accepted == [True] * 4 + [False] * 6
+        primary.gate.set()
+        assert d.force_flush(5.0)
+        assert primary.ids()[1:] == [r.id for r in sent[:4]]
+        s = d.stats()
+        assert s.dropped == 6 and balanced(s)
+        d.shutdown(5.0)
+
+    def test_drop_oldest(self) -> None:
+        """A full queue evicts its oldest records to keep the newest."""
+        d, primary = blocked_dispatcher("drop_oldest")
+        sent = records(10)
+        assert all(d.submit(r) for r in sent)
+        primary.gate.set()
+        assert d.force_flush(5.0)
+        assert primary.ids()[1:] == [r.id for r in sent[-4:]]
+        s = d.stats()
+        assert s.dropped == 6 and balanced(s)
+        d.shutdown(5.0)
+
+    def test_block_waits_then_drops(self) -> None:
+        """The block policy waits block_timeout for room, then drops and counts."""
+        d, primary = blocked_dispatcher("block")
+        for r in records(4):
+            assert d.submit(r)
+        started = time.perf_counter()
+        assert not d.submit(record.info("one too many", "t.f"))
+        waited = time.perf_counter() - started
+        assert 0.04 <= waited < 2.0
+        assert d.stats().dropped == 1
+        primary.gate.set()
+        d.shutdown(5.0)
+
+    def test_block_succeeds_when_room_appears(self) -> None:
+        """A blocked log call proceeds as soon as the worker frees a slot."""
+        primary = InMemoryExporter()
+        primary.gate.clear()
+        d = Dispatcher(primary, queue_size=2, batch_size=1, batch_delay=0.01, overflow="block", block_timeout=10.0)
+        for r in records(3):
+            d.submit(r)
+        wait_until(lambda: d.stats().queued == 2 and d.stats().in_flight == 1, 5)
+        import threading
+
+        threading.Timer(0.05, primary.gate.set).start()
+        assert d.submit(record.info("waits", "t.f"))
+        assert d.force_flush(5.0)
+        assert len(primary.records) == 4 and d.stats().dropped == 0
+        d.shutdown(5.0)
+
+    def test_spill_goes_to_the_fallback(self) -> None:
+        """With spill, overflow is written to the fallback, never dropped."""
+        backup = InMemoryExporter()
+        d, primary = blocked_dispatcher("spill", fallback=backup)
+        sent = records(10)
+        for r in sent:
+            d.submit(r)
+        assert backup.ids() == [r.id for r in sent[4:]]
+        primary.gate.set()
+        assert d.force_flush(5.0)
+        s = d.stats()
+        assert (s.spilled, s.dropped, s.sent) == (6, 0, 5) and balanced(s)
+        d.shutdown(5.0)
+
+    def test_spill_without_fallback_is_a_config_error(self) -> None:
+        """Asking to spill with nowhere to spill fails at configure time."""
+        with pytest.raises(ConfigError, match="LOGPIPE_FALLBACK_EXPORTER"):
+            Dispatcher(InMemoryExporter(), overflow="spill")
+
+
+class FlakyExporter(InMemoryExporter):
+    """Fails every record whose Msg contains 'bad'."""
+
+    def export(self, batch):  # type: ignore[no-untyped-def]
+        bad = [r for r in batch if b"bad" in r.payload]
+        self.records.extend(r for r in batch if r not in bad)
+        return PartialFailure(bad) if bad else ExportResult.SUCCESS
+
+
+class RaisingExporter(InMemoryExporter):
+    def export(self, batch):  # type: ignore[no-untyped-def]
+        raise ConnectionError("broker gone")
+
+
+class TestFailures:
+    def test_failed_batch_goes_to_fallback(self) -> None:
+        """A FAILURE result sends the whole batch to the fallback, counted spilled."""
+        backup = InMemoryExporter()
+        d = Dispatcher(InMemoryExporter(fail=True), fallback=backup, batch_delay=0.01)
+        sent = records(20)
+        for r in sent:
+            d.submit(r)
+        assert d.force_flush(5.0)
+        assert backup.ids() == [r.id for r in sent]
+        s = d.stats()
+        assert (s.sent, s.spilled, s.failed) == (0, 20, 0) and balanced(s)
+        d.shutdown(5.0)
+
+    def test_partial_failure_spills_only_the_failed(self) -> None:
+        """Only the records an exporter names as failed go to the fallback."""
+        backup = InMemoryExporter()
+        primary = FlakyExporter()
+        d = Dispatcher(primary, fallback=backup, batch_size=10, batch_delay=0.01)
+        for msg in ("ok1", "bad1", "ok2", "bad2"):
+            d.submit(record.info(msg, "t.f"))
+        assert d.force_flush(5.0)
+        assert [x["Msg"] for x in backup.logs()] == ["bad1", "bad2"]
+        assert [x["Msg"] for x in primary.logs()] == ["ok1", "ok2"]
+        assert (d.stats().sent, d.stats().spilled) == (2, 2)
+        d.shutdown(5.0)
+
+    def test_exporter_exception_is_contained(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An exporter that raises neither kills the worker nor the app; it is counted."""
+        d = Dispatcher(RaisingExporter(), batch_delay=0.01)
+        for r in records(3):
+            d.submit(r)
+        assert d.force_flush(5.0)
+        assert d.stats().failed == 3
+        d.submit(record.info("after", "t.f"))
+        assert d.force_flush(5.0)
+        assert d.stats().failed == 4
+        assert "broker gone" in capsys.readouterr().err
+        d.shutdown(5.0)
+
+    def test_failing_fallback_counts_failed(self) -> None:
+        """When the fallback fails too, records are counted failed, not lost silently."""
+        d = Dispatcher(InMemoryExporter(fail=True), fallback=InMemoryExporter(fail=True), batch_delay=0.01)
+        for r in records(5):
+            d.submit(r)
+        assert d.force_flush(5.0)
+        assert d.stats().failed == 5
+        d.shutdown(5.0)
+
+
+def run_python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
+def file_ids(path: Path) -> list[str]:
+    return [orjson.loads(line)["Id"] for line in path.read_bytes().splitlines()]
+
+
+class TestProcessLifecycle:
+    def test_flush_at_interpreter_exit(self, tmp_path: Path) -> None:
+        """Records still queued when the program ends are written by the atexit hook."""
+        done = run_python(
+            """
+            import structlog, logpipe
+            structlog.configure(processors=logpipe.processors(batch_delay=3600, batch_size=100000, local_render="none"))
+            log = structlog.get_logger()
+            for i in range(500):
+                log.info("bye", i=i)
+            """,
+            tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        assert len(set(file_ids(tmp_path / "logs" / "logpipe.jsonl"))) == 500
+
+    def test_flush_on_sigterm(self, tmp_path: Path) -> None:
+        """SIGTERM flushes queued records and the process still dies of SIGTERM."""
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(
+                    """
+                    import sys, time, structlog, logpipe
+                    structlog.configure(processors=logpipe.processors(batch_delay=3600, batch_size=100000, local_render="none"))
+                    log = structlog.get_logger()
+                    for i in range(300):
+                        log.info("term", i=i)
+                    print("ready", flush=True)
+                    time.sleep(60)
+                    """
+                ),
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.terminate()
+        assert proc.wait(30) == -15
+        assert len(set(file_ids(tmp_path / "logs" / "logpipe.jsonl"))) == 300
+
+    def test_fork_child_has_a_working_worker_and_nothing_is_lost(self, tmp_path: Path) -> None:
+        """After fork the child ships its own records; the parent's queue is sent once, by the parent."""
+        done = run_python(
+            """
+            import os, structlog, logpipe
+            structlog.configure(processors=logpipe.processors(batch_delay=3600, batch_size=100000, local_render="none"))
+            log = structlog.get_logger()
+            for i in range(200):
+                log.info("parent-before-fork", i=i)
+            pid = os.fork()
+            if pid == 0:
+                for i in range(100):
+                    log.info("child", i=i)
+                ok = logpipe.flush(10)
+                os._exit(0 if ok and logpipe.stats()["file"].sent == 100 else 3)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+            for i in range(50):
+                log.info("parent-after-fork", i=i)
+            """,
+            tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        docs = [orjson.loads(line) for line in (tmp_path / "logs" / "logpipe.jsonl").read_bytes().splitlines()]
+        ids = [d["Id"] for d in docs]
+        assert len(ids) == len(set(ids)) == 350
+        counts = {m: sum(d["Msg"] == m for d in docs) for m in ("parent-before-fork", "child", "parent-after-fork")}
+        assert counts == {"parent-before-fork": 200, "child": 100, "parent-after-fork": 50}
