@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test services-start services-stop bench clean
+.PHONY: demo test docs services-start services-stop bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 ## Elasticsearch node (scripts/kafka.sh, scripts/elasticsearch.sh) and stop them.
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Regenerate the settings tables in docs/configuration.md from the code.
+docs: $(VENV)/.installed
+	$(PY) scripts/gen_config_docs.py
 
 services-start:
 	bash scripts/kafka.sh start

@@ -57,7 +57,7 @@ class TestLoad:
             ("T_COUNT", "many", "T_COUNT='many': expected int"),
             ("T_COUNT", "0", "T_COUNT='0': must be at least 1"),
             ("T_ON", "maybe", "T_ON='maybe': expected bool"),
-            ("T_MODE", "c", "T_MODE='c': expected a|b (choose one of a, b)"),
+            ("T_MODE", "c", "T_MODE='c': expected a / b (choose one of a, b)"),
             ("T_RATIO", "fast", "T_RATIO='fast': expected float"),
         ],
     )

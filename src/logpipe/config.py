@@ -122,7 +122,7 @@ def describe(cls: type, prefix: str) -> list[SettingDoc]:
             SettingDoc(
                 env=env_name(prefix, field.name),
                 type=_type_name(hints[field.name]),
-                default="" if default is None else str(default),
+                default="(unset)" if default is None or default == "" else str(default),
                 help=field.metadata.get("help", ""),
             )
         )
@@ -182,9 +182,9 @@ def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args if a is not type(None)) + " (optional)"
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " (optional)"
     if origin is Literal:
-        return "|".join(map(str, args))
+        return " / ".join(map(str, args))
     if origin is tuple:
         return "comma list"
     return getattr(hint, "__name__", str(hint))

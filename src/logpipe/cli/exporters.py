@@ -7,13 +7,18 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import config, plugins
+from ..config import SettingDoc
 from ..exceptions import ConfigError
 
 
 @click.command()
 @click.option("--settings/--no-settings", default=True, help="Show each exporter's settings.")
-def exporters(settings: bool) -> None:
+@click.option("--markdown", is_flag=True, help="Print the settings of logpipe's own exporters as Markdown.")
+def exporters(settings: bool, markdown: bool) -> None:
     """List installed exporter plugins and their LOGPIPE_* settings."""
+    if markdown:
+        click.echo(settings_markdown(), nl=False)
+        return
     console = Console()
     found = plugins.available()
     summary = Table(title="Installed exporters (entry-point group logpipe.exporters)")
@@ -25,29 +30,36 @@ def exporters(settings: bool) -> None:
     console.print(summary)
     if not settings:
         return
-    core = Table(title="Core settings")
-    _settings_columns(core)
-    for row in config.describe(config.Settings, config.CORE_PREFIX):
-        core.add_row(row.env, row.type, row.default, row.help)
-    console.print(core)
-    for name in sorted(found):
-        try:
-            cls = plugins.load_class(name)
-        except ConfigError as exc:
-            console.print(f"[yellow]{name}[/]: {exc}")
-            continue
-        rows = config.describe(cls.Options, plugins.options_prefix(name))
-        if not rows:
-            continue
-        table = Table(title=f"{name} settings")
-        _settings_columns(table)
+    for title, rows in _sections(found):
+        table = Table(title=title)
+        for column, style in (("variable", "cyan"), ("type", None), ("default", None), ("meaning", None)):
+            table.add_column(column, style=style, no_wrap=column == "variable")
         for row in rows:
             table.add_row(row.env, row.type, row.default, row.help)
         console.print(table)
 
 
-def _settings_columns(table: Table) -> None:
-    table.add_column("variable", style="cyan", no_wrap=True)
-    table.add_column("type")
-    table.add_column("default")
-    table.add_column("meaning")
+def _sections(names: object) -> list[tuple[str, list[SettingDoc]]]:
+    """(title, rows) for the core settings, then each loadable exporter."""
+    sections = [("Core settings", config.describe(config.Settings, config.CORE_PREFIX))]
+    for name in sorted(names):  # type: ignore[call-overload]
+        try:
+            cls = plugins.load_class(name)
+        except ConfigError as exc:
+            sections.append((f"{name} (not loadable: {exc})", []))
+            continue
+        rows = config.describe(cls.Options, plugins.options_prefix(name))
+        if rows:
+            sections.append((f"{name} exporter", rows))
+    return sections
+
+
+def settings_markdown() -> str:
+    """The settings reference of logpipe's own exporters (docs/configuration.md's tables)."""
+    own = {n for n, ep in plugins.available().items() if ep.dist is not None and ep.dist.name == "logpipe"}
+    lines: list[str] = []
+    for title, rows in _sections(own):
+        lines += [f"### {title}", "", "| variable | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{r.env}` | {r.type} | `{r.default}` | {r.help} |" for r in rows]
+        lines.append("")
+    return "\n".join(lines)
