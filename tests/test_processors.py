@@ -70,17 +70,27 @@ class TestTraceContext:
         assert memory.records[0].trace_id == format(span.get_span_context().trace_id, "032x")
 
 
+@pytest.fixture
+def no_sdk_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide any global tracer provider an earlier test installed (OpenTelemetry allows one per process)."""
+    from opentelemetry import trace
+
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+
+
 class TestServiceName:
     def test_explicit_name_wins(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A name given in code beats the environment."""
         monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
         assert ServiceName("explicit")() == "explicit"
 
+    @pytest.mark.usefixtures("no_sdk_provider")
     def test_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """OTEL_SERVICE_NAME is honoured when nothing else is set."""
         monkeypatch.setenv("OTEL_SERVICE_NAME", "orders")
         assert ServiceName()() == "orders"
 
+    @pytest.mark.usefixtures("no_sdk_provider")
     def test_resource_attributes(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """service.name in OTEL_RESOURCE_ATTRIBUTES is honoured too."""
         monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
@@ -94,6 +104,24 @@ class TestServiceName:
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "in-code"}))
         monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
         assert ServiceName()() == "in-code"
+
+    def test_answer_is_final_once_a_provider_is_set(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A proxy provider is re-checked; a real one is cached for good."""
+        from opentelemetry import trace
+
+        calls: list[object] = []
+        providers = [trace.ProxyTracerProvider(), TracerProvider(resource=Resource.create({SERVICE_NAME: "late"}))]
+
+        def get() -> object:
+            calls.append(1)
+            return providers[min(len(calls) - 1, 1)]
+
+        monkeypatch.setattr(trace, "get_tracer_provider", get)
+        name = ServiceName()
+        first = name(now=100.0)
+        assert name(now=100.5) == first and len(calls) == 1  # within the second: no re-check
+        assert name(now=101.5) == "late" and len(calls) == 2
+        assert name(now=500.0) == "late" and len(calls) == 2  # final
 
 
 class TestFuncName:

@@ -11,11 +11,11 @@ import sys
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from types import CodeType, FrameType
 from typing import Any
 
 import structlog
 from opentelemetry import trace
-from structlog.processors import CallsiteParameter, CallsiteParameterAdder
 from structlog.typing import EventDict, WrappedLogger
 
 from .record import HOST, Record, _safe_str, encode, format_time, new_id
@@ -43,20 +43,20 @@ def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: Event
 class FuncNameAdder:
     """Add ``FuncName``: the module-qualified function that made the log call.
 
-    Calls made through structlog (bound loggers, the stdlib ``BoundLogger``)
-    are found on the stack by structlog's own `CallsiteParameterAdder`, which
-    skips structlog's and logging's frames. Records that come from plain
-    ``logging`` through ``ProcessorFormatter`` carry the caller in their
+    For calls made through structlog (bound loggers, the stdlib
+    ``BoundLogger``) the caller is the first frame on the stack outside
+    structlog, logging and this module (the rule structlog's
+    `CallsiteParameterAdder` applies, including its hand-over of the calling
+    stack for ``await log.ainfo(...)``). The name is cached per code object,
+    so the walk is the whole cost. Records that come from plain ``logging``
+    through ``ProcessorFormatter`` carry the caller in their
     `logging.LogRecord`, which stays correct even when formatting happens on
     another thread (a ``QueueHandler``). An explicit ``FuncName=`` key wins.
     """
 
     def __init__(self, additional_ignores: list[str] | None = None) -> None:
-        self._qual = CallsiteParameter.QUAL_NAME if sys.version_info >= (3, 11) else CallsiteParameter.FUNC_NAME
-        self._callsite = CallsiteParameterAdder(
-            [CallsiteParameter.QUAL_MODULE, self._qual],
-            additional_ignores=["logpipe.processors", *(additional_ignores or [])],
-        )
+        self._ignores = ("structlog", "logging", "logpipe.processors", *(additional_ignores or []))
+        self._names: dict[CodeType, str] = {}
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         if "FuncName" in event_dict:
@@ -65,9 +65,33 @@ class FuncNameAdder:
         if record is not None and not event_dict.get("_from_structlog", False):
             event_dict["FuncName"] = f"{_module_of(record.pathname, record.module)}.{record.funcName}"
             return event_dict
-        site = self._callsite(logger, method_name, {})
-        event_dict["FuncName"] = f"{site['qual_module']}.{site[self._qual.value]}"
+        event_dict["FuncName"] = self._name_of(self._app_frame())
         return event_dict
+
+    def _app_frame(self) -> FrameType | None:
+        frame: FrameType | None = sys._getframe(2)
+        if _ASYNC_CALLING_STACK is not None:
+            frame = _ASYNC_CALLING_STACK.get(frame)
+        ignores = self._ignores
+        while frame is not None and frame.f_globals.get("__name__", "").startswith(ignores):
+            frame = frame.f_back
+        return frame
+
+    def _name_of(self, frame: FrameType | None) -> str:
+        if frame is None:
+            return "?"
+        code = frame.f_code
+        name = self._names.get(code)
+        if name is None:
+            if len(self._names) > 10_000:
+                self._names.clear()
+            qual = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
+            name = self._names[code] = f"{frame.f_globals.get('__name__', '?')}.{qual}"
+        return name
+
+
+#: structlog's hand-over of the caller's frame for async log methods, when present.
+_ASYNC_CALLING_STACK = getattr(structlog.contextvars, "_ASYNC_CALLING_STACK", None)
 
 
 @lru_cache(maxsize=1024)
@@ -80,24 +104,30 @@ def _module_of(pathname: str, fallback: str) -> str:
 
 
 class ServiceName:
-    """Resolves the service name once per tracer provider.
+    """Resolves the service name, cheaply enough to ask on every log call.
 
     An explicit name wins; otherwise the SDK tracer provider's resource, so a
     service configured in code is honoured; otherwise the resource the SDK
     builds from ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``.
+    OpenTelemetry lets the global provider be set only once, so once a real
+    provider is seen the answer is final; until then it is re-checked at most
+    once a second.
     """
 
     def __init__(self, explicit: str = "") -> None:
-        self._explicit = explicit
-        self._provider: object = None
         self._name = explicit
+        self._final = bool(explicit)
+        self._checked = float("-inf")
 
-    def __call__(self) -> str:
-        if self._explicit:
-            return self._explicit
-        provider = trace.get_tracer_provider()
-        if provider is not self._provider:
-            self._provider = provider
+    def __call__(self, now: float | None = None) -> str:
+        """The name; *now* (epoch seconds) saves a clock read on the hot path."""
+        if self._final:
+            return self._name
+        now = time.time() if now is None else now
+        if not 0 <= now - self._checked < 1.0:
+            self._checked = now
+            provider = trace.get_tracer_provider()
+            self._final = not isinstance(provider, trace.ProxyTracerProvider)
             self._name = _service_of(provider)
         return self._name
 
@@ -152,7 +182,7 @@ class KafkaLogRenderer:
         func_name = event_dict.pop("FuncName", "")
         trace_id = event_dict.pop("TraceId", "")
         span_id = event_dict.pop("SpanId", "")
-        service = self._service()
+        service = self._service(ts)
         record_id = new_id()
         doc = {
             "Type": level,
