@@ -139,9 +139,7 @@ class TestConfigure:
             ("LOGPIPE_LOCAL_RENDER", "xml"),
         ],
     )
-    def test_invalid_values_fail_at_configure_time(
-        self, monkeypatch: pytest.MonkeyPatch, var: str, value: str
-    ) -> None:
+    def test_invalid_values_fail_at_configure_time(self, monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
         """Invalid core or exporter values raise ConfigError naming the variable."""
         monkeypatch.setenv(var, value)
         with pytest.raises(ConfigError, match=f"^{var}="):

@@ -12,13 +12,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import wait_until
 from logpipe import record
 from logpipe.dispatch import Dispatcher, DispatchStats
 from logpipe.exceptions import ConfigError
 from logpipe.exporters.base import Exporter, ExportResult, PartialFailure
 from logpipe.testing import InMemoryExporter
-
-from conftest import wait_until
 
 
 def records(n: int) -> list[record.Record]:
@@ -30,7 +29,9 @@ def balanced(s: DispatchStats) -> bool:
     return s.submitted == s.sent + s.spilled + s.failed + s.dropped + s.queued + s.in_flight
 
 
-def blocked_dispatcher(policy: str, fallback: Exporter | None = None, size: int = 4) -> tuple[Dispatcher, InMemoryExporter]:
+def blocked_dispatcher(
+    policy: str, fallback: Exporter | None = None, size: int = 4
+) -> tuple[Dispatcher, InMemoryExporter]:
     """A dispatcher whose exporter holds its first batch until the gate opens."""
     primary = InMemoryExporter()
     primary.gate.clear()
@@ -254,7 +255,9 @@ class TestProcessLifecycle:
                 textwrap.dedent(
                     """
                     import sys, time, structlog, logpipe
-                    structlog.configure(processors=logpipe.processors(batch_delay=3600, batch_size=100000, local_render="none"))
+                    structlog.configure(
+                        processors=logpipe.processors(batch_delay=3600, batch_size=100000, local_render="none")
+                    )
                     log = structlog.get_logger()
                     for i in range(300):
                         log.info("term", i=i)

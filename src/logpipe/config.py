@@ -89,9 +89,7 @@ def load(
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {', '.join(unknown)} for {prefix}*; known: {', '.join(sorted(names))}"
-        )
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} for {prefix}*; known: {', '.join(sorted(names))}")
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         var = env_name(prefix, field.name)
@@ -194,9 +192,7 @@ def _type_name(hint: Any) -> str:
 class Settings:
     """logpipe's own settings (``LOGPIPE_*``); exporters declare theirs alike."""
 
-    exporter: tuple[str, ...] = setting(
-        ("file",), "Exporters to send every record to (comma list = fan-out)."
-    )
+    exporter: tuple[str, ...] = setting(("file",), "Exporters to send every record to (comma list = fan-out).")
     fallback_exporter: str = setting(
         "auto",
         "Where records go when an exporter fails or its queue overflows with "
@@ -210,9 +206,7 @@ class Settings:
         "Full-queue policy: block, drop_newest, drop_oldest, spill. "
         "Unset: spill when there is a fallback exporter, else block.",
     )
-    block_timeout: float = setting(
-        0.05, "Seconds the block policy waits for room before dropping.", check=at_least(0)
-    )
+    block_timeout: float = setting(0.05, "Seconds the block policy waits for room before dropping.", check=at_least(0))
     shutdown_timeout: float = setting(10.0, "Seconds to flush at exit or shutdown.", check=at_least(0))
     action: str = setting("click", "Action value for records without an action= key.")
     time_format: str = setting(
@@ -226,4 +220,3 @@ class Settings:
     handle_sigterm: bool = setting(
         True, "Turn SIGTERM into a clean exit that flushes (only when no handler is installed)."
     )
-

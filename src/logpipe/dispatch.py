@@ -31,6 +31,7 @@ nothing is lost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -273,10 +274,8 @@ class Dispatcher:
         if now - self._last_report < 10.0:
             return
         self._last_report = now
-        try:
+        with contextlib.suppress(Exception):  # stderr may be closed at exit
             print(f"logpipe: {self.name}: {message}", file=sys.stderr, flush=True)
-        except Exception:
-            pass
 
     def _after_fork_in_child(self) -> None:
         stopped = self._stopped

@@ -284,4 +284,3 @@ def error(err: BaseException | str, func_name: str, fields: Mapping[str, Any] | 
 def info(msg: str, func_name: str, fields: Mapping[str, Any] | None = None, **kw: Any) -> Record:
     """The seed's ``Info(msg, funcName, fieldMap)``: an ``info`` record."""
     return make_record(type="info", msg=msg, func_name=func_name, fields=fields, **kw)
-

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from rich.console import Console
@@ -52,7 +52,7 @@ class ConsoleExporter(Exporter):
         return f"console ({self.options.stream})"
 
 
-def render_line(doc: dict) -> Text:  # type: ignore[type-arg]
+def render_line(doc: Mapping[str, Any]) -> Text:
     """One record as a styled line of text."""
     level = str(doc.get("Type", ""))
     line = Text()
@@ -61,7 +61,7 @@ def render_line(doc: dict) -> Text:  # type: ignore[type-arg]
     line.append(f" {doc.get('Msg', '')}", style="bold")
     fields = doc.get("Field") or {}
     exception = fields.pop("exception", None) if isinstance(fields, dict) else None
-    for key, value in (fields.items() if isinstance(fields, dict) else ()):
+    for key, value in fields.items() if isinstance(fields, dict) else ():
         shown = value if isinstance(value, str) else orjson.dumps(value).decode()
         line.append(f" {key}=", style="cyan")
         line.append(shown)

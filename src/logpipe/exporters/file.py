@@ -12,6 +12,7 @@ never renumbered, so a tailer following by inode never reads a file twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -114,10 +115,8 @@ class FileExporter(Exporter):
         self._file.close()
         self._file = None
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        try:
+        with contextlib.suppress(FileNotFoundError):  # someone else rotated or removed it
             os.rename(self.path, self.path.with_name(f"{self.path.name}.{stamp}"))
-        except FileNotFoundError:
-            pass  # someone else rotated or removed it
         self._prune()
 
     def _prune(self) -> None:
