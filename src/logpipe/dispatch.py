@@ -73,6 +73,8 @@ class Dispatcher:
     application threads: it must be thread-safe (`Serialized` makes it so).
     """
 
+    _stopped: bool
+
     def __init__(
         self,
         exporter: Exporter,
