@@ -172,3 +172,22 @@ class TestConfigure:
         assert logpipe.flush(5.0)
         s = logpipe.stats()["memory"]
         assert (s.submitted, s.sent, s.dropped, s.spilled, s.failed) == (1, 1, 0, 0, 0)
+
+
+class TestSend:
+    def test_records_built_directly_are_shipped(self) -> None:
+        """logpipe.info/error build seed-style records; logpipe.send queues them."""
+        exporter = InMemoryExporter()
+        logpipe.configure(exporter=[exporter])
+        logpipe.send(logpipe.info("built by hand", "app.handler", {"k": "v"}))
+        logpipe.send(logpipe.error(RuntimeError("boom"), "app.handler"))
+        assert logpipe.flush(5.0)
+        assert [(d["Type"], d["Msg"]) for d in exporter.logs()] == [("info", "built by hand"), ("error", "boom")]
+
+    def test_send_before_configure_is_an_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Sending with no pipeline raises instead of losing the record."""
+        from logpipe import pipeline
+
+        monkeypatch.setattr(pipeline, "_current", None)
+        with pytest.raises(RuntimeError, match="not configured"):
+            logpipe.send(logpipe.info("x", "y"))

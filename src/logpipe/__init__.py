@@ -15,7 +15,7 @@ from .config import Settings
 from .dispatch import Dispatcher, DispatchStats
 from .exceptions import ConfigError
 from .exporters.base import Exporter, ExportResult, PartialFailure
-from .pipeline import Pipeline, configure, current, flush, processors, shutdown, stats
+from .pipeline import Pipeline, configure, current, flush, processors, send, shutdown, stats
 from .record import KafkaLog, Record, error, info, make_record
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "info",
     "make_record",
     "processors",
+    "send",
     "shutdown",
     "stats",
 ]

@@ -27,7 +27,7 @@ from .exporters.base import Exporter, Serialized
 from .processors import FuncNameAdder, KafkaLogRenderer, ServiceName, add_trace_context
 from .record import Record
 
-__all__ = ["Pipeline", "configure", "current", "flush", "processors", "shutdown", "stats"]
+__all__ = ["Pipeline", "configure", "current", "flush", "processors", "send", "shutdown", "stats"]
 
 ExporterSpec = str | Exporter
 
@@ -206,6 +206,18 @@ def processors(**options: Any) -> list[Processor]:
 
 def current() -> Pipeline | None:
     return _current
+
+
+def send(record: Record) -> None:
+    """Queue a record built directly (`logpipe.info`, `logpipe.error`) on the current pipeline.
+
+    The seed design's ``SendLog(data)``: for code that builds records itself
+    instead of logging through structlog. Raises `RuntimeError` before
+    `configure`, because a record with nowhere to go would be lost silently.
+    """
+    if _current is None:
+        raise RuntimeError("logpipe is not configured: call logpipe.configure() or logpipe.processors() first")
+    _current.submit(record)
 
 
 def stats() -> dict[str, DispatchStats]:
