@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from .demo import demo
 from .exporters import exporters
+from .replay import replay
 
 __all__ = ["main"]
 
@@ -19,3 +20,4 @@ def main() -> None:
 
 main.add_command(demo)
 main.add_command(exporters)
+main.add_command(replay)

@@ -1,0 +1,181 @@
+"""The ``spool`` exporter: the durable fallback of network exporters.
+
+A network exporter (Kafka, Elasticsearch) names ``spool`` as its
+``default_fallback``. Records it cannot deliver are appended to a spool
+directory of their own, ``<LOGPIPE_SPOOL_DIR>/<primary name>``, and a daemon
+thread replays them into that primary when it answers again, oldest first,
+including whatever a previous process left there (a crash, an outage across a
+restart). The on-disk format and its guarantees are described in
+`logpipe.spool`.
+
+Durability: every append is one ``write``; by default (``fsync=batch``) it is
+also fsynced before `export` returns SUCCESS, so a record the dispatcher
+counts as ``spilled`` survives a power cut. ``interval`` and ``never`` trade
+that for speed, as with the file exporter.
+
+Only one process replays a directory at a time (an ``flock`` on
+``replay.lock``); a forked child writes its own segments and contends for the
+lock, so it takes over replaying if the parent exits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import at_least, setting
+from ..record import Record
+from ..spool import DirectoryLock, FsyncPolicy, FullPolicy, Replayer, Spool, SpoolStats, Step, report
+from .base import Exporter, ExportResult
+
+__all__ = ["DEFAULT_DIR", "SpoolExporter", "SpoolOptions"]
+
+DEFAULT_DIR = Path("logs") / "spool"
+
+
+@dataclass(frozen=True)
+class SpoolOptions:
+    dir: Path = setting(DEFAULT_DIR, "Spool root; each primary exporter gets the subdirectory <dir>/<name>.")
+    max_bytes: int = setting(1 << 30, "Disk budget of one spool directory, in bytes.", check=at_least(1))
+    segment_bytes: int = setting(
+        16 << 20, "Roll to a new segment file past this many bytes (the unit drop_oldest deletes).", check=at_least(1)
+    )
+    full: FullPolicy = setting(
+        "drop_oldest", "At max_bytes: drop_oldest (delete the oldest segment) or drop_newest (refuse new records)."
+    )
+    fsync: FsyncPolicy = setting("batch", "When to fsync appends: batch (every export), interval, never.")
+    fsync_interval: float = setting(1.0, "Seconds between fsyncs with fsync=interval.", check=at_least(0))
+    replay: bool = setting(True, "Replay the spool into its primary exporter in a background thread.")
+    replay_interval: float = setting(
+        1.0, "Seconds between replay attempts while the primary fails (and between scans when idle).",
+        check=at_least(0.001),
+    )
+    replay_batch: int = setting(512, "Most records handed to the primary in one replay export.", check=at_least(1))
+    max_attempts: int = setting(
+        5,
+        "A record the primary refuses this many times in a row while accepting others moves to rejected/ (0: never).",
+        check=at_least(0),
+    )
+
+
+class SpoolExporter(Exporter):
+    """Appends records to a spool directory and replays them into the bound primary."""
+
+    Options = SpoolOptions
+    options: SpoolOptions
+
+    def __init__(self, options: SpoolOptions | None = None) -> None:
+        super().__init__(options)
+        o = self.options
+        self.directory = Path(o.dir)
+        self.primary: Exporter | None = None
+        self.primary_name = ""
+        self.spool = self._make_spool()
+        self._lock = DirectoryLock(self.directory)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._closed = False
+
+    def export(self, batch: Sequence[Record]) -> ExportResult:
+        if self._closed:
+            return ExportResult.FAILURE
+        accepted = self.spool.append([r.payload for r in batch])
+        return ExportResult.SUCCESS if accepted == len(batch) else ExportResult.FAILURE
+
+    def force_flush(self, timeout: float = 10.0) -> bool:
+        self.spool.flush()
+        return True
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop replaying and close the spool.
+
+        A replay export still running after *timeout* is abandoned, not
+        interrupted: its records stay pending (progress only moves after the
+        primary acknowledged) and are replayed by the next process.
+        """
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            self._lock.release()
+        self.spool.close()
+
+    def after_fork(self) -> None:
+        self.spool.after_fork()
+        self._lock.after_fork()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = None
+        if self.primary is not None and self.options.replay and not self._closed:
+            self._start_replay()
+
+    def bind_primary(self, name: str, primary: Exporter) -> None:
+        """Use ``<dir>/<name>`` and start replaying into *primary*."""
+        self.primary, self.primary_name = primary, name
+        self.directory = Path(self.options.dir) / name
+        self.spool.close()
+        self.spool = self._make_spool()
+        self._lock = DirectoryLock(self.directory)
+        if self.options.replay:
+            self._start_replay()
+
+    def stats(self) -> SpoolStats:
+        return self.spool.stats()
+
+    def describe(self) -> str:
+        into = f", replayed into {self.primary_name}" if self.primary is not None and self.options.replay else ""
+        return f"spool {self.directory.resolve()}{into}"
+
+    # -- internals ------------------------------------------------------------
+
+    def _make_spool(self) -> Spool:
+        o = self.options
+        spool = Spool(
+            self.directory,
+            max_bytes=o.max_bytes,
+            segment_bytes=o.segment_bytes,
+            full=o.full,
+            fsync=o.fsync,
+            fsync_interval=o.fsync_interval,
+        )
+        spool.on_append = self._wake_replayer
+        return spool
+
+    def _wake_replayer(self) -> None:
+        self._wake.set()
+
+    def _start_replay(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._replay_loop, name=f"logpipe-spool-{self.primary_name}", daemon=True
+        )
+        self._thread.start()
+
+    def _replay_loop(self) -> None:
+        """Replay while this process holds the directory lock; otherwise keep asking for it."""
+        assert self.primary is not None
+        o = self.options
+        replayer = Replayer(self.spool, self.primary, batch=o.replay_batch, max_attempts=o.max_attempts)
+        stop, wake, lock = self._stop, self._wake, self._lock
+        while not stop.is_set():
+            if not lock.acquire():
+                stop.wait(o.replay_interval)
+                continue
+            try:
+                step = replayer.step()
+            except OSError as exc:  # the disk, not the primary: back off and try again
+                step = Step.BLOCKED
+                report(f"replay of {self.directory}: {type(exc).__name__}: {exc}")
+            if step is Step.IDLE:
+                wake.wait(o.replay_interval)
+                wake.clear()
+            elif step is Step.BLOCKED:
+                stop.wait(o.replay_interval)
+        if self._closed:
+            lock.release()
