@@ -8,6 +8,8 @@ from .. import __version__
 from .demo import demo
 from .exporters import exporters
 from .replay import replay
+from .search import search
+from .ship import ship
 
 __all__ = ["main"]
 
@@ -20,4 +22,6 @@ def main() -> None:
 
 main.add_command(demo)
 main.add_command(exporters)
+main.add_command(ship)
+main.add_command(search)
 main.add_command(replay)

@@ -1,0 +1,208 @@
+"""``logpipe ship``: the long-running Kafka -> Elasticsearch shipper (see `logpipe.shipper`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ..exceptions import ConfigError
+from ..shipper import ShipOptions, Shipper, ShipStats, load_options
+
+#: Setting -> the flag that sets it, so errors name what the user typed.
+_FLAGS = {
+    "bootstrap_servers": "--bootstrap-servers",
+    "topics": "--topic",
+    "pattern": "--pattern",
+    "group_id": "--group",
+    "instance_id": "--instance-id",
+    "session_timeout": "--session-timeout",
+    "auto_offset_reset": "--auto-offset-reset",
+    "es_hosts": "--es-hosts",
+    "index_prefix": "--index-prefix",
+    "batch_size": "--batch-size",
+    "batch_max_wait": "--batch-max-wait",
+    "max_message_bytes": "--max-message-bytes",
+    "dead_letter": "--dead-letter",
+    "shutdown_timeout": "--shutdown-timeout",
+    "status_interval": "--status-interval",
+}
+
+
+@click.command()
+@click.option("--bootstrap-servers", "-b", help="Kafka bootstrap servers, comma list [LOGPIPE_SHIP_BOOTSTRAP_SERVERS].")
+@click.option("--topic", "-t", "topics", multiple=True, help="Topic to consume; repeatable [LOGPIPE_SHIP_TOPICS].")
+@click.option("--pattern", help="Regular expression of topics, instead of --topic [LOGPIPE_SHIP_PATTERN].")
+@click.option("--group", "-g", "group_id", help="Consumer group (default logpipe-shipper) [LOGPIPE_SHIP_GROUP_ID].")
+@click.option("--instance-id", help="Static group membership id, unique per shipper [LOGPIPE_SHIP_INSTANCE_ID].")
+@click.option(
+    "--session-timeout",
+    type=float,
+    help="Seconds before a dead shipper's partitions move (default 45) [LOGPIPE_SHIP_SESSION_TIMEOUT].",
+)
+@click.option(
+    "--auto-offset-reset",
+    type=click.Choice(["earliest", "latest"]),
+    help="Start of a new group (default earliest) [LOGPIPE_SHIP_AUTO_OFFSET_RESET].",
+)
+@click.option(
+    "--es-hosts", help="Elasticsearch URLs, comma list [LOGPIPE_SHIP_ES_HOSTS, else LOGPIPE_ELASTICSEARCH_HOSTS]."
+)
+@click.option(
+    "--index-prefix",
+    help="Daily indices <prefix>-YYYY.MM.dd [LOGPIPE_SHIP_INDEX_PREFIX, else LOGPIPE_ELASTICSEARCH_INDEX_PREFIX].",
+)
+@click.option("--batch-size", type=int, help="Messages per bulk + commit (default 500) [LOGPIPE_SHIP_BATCH_SIZE].")
+@click.option(
+    "--batch-max-wait", type=float, help="Seconds a batch may wait to fill (default 1.0) [LOGPIPE_SHIP_BATCH_MAX_WAIT]."
+)
+@click.option(
+    "--max-message-bytes",
+    type=int,
+    help="Larger messages are dead-lettered (default 1 MiB) [LOGPIPE_SHIP_MAX_MESSAGE_BYTES].",
+)
+@click.option("--dead-letter", help="Topic template ({topic}.dlq by default) or file:PATH [LOGPIPE_SHIP_DEAD_LETTER].")
+@click.option(
+    "--shutdown-timeout",
+    type=float,
+    help="Seconds a stop waits for the batch in flight (default 30) [LOGPIPE_SHIP_SHUTDOWN_TIMEOUT].",
+)
+@click.option("--status-interval", type=float, help="Seconds between progress updates [LOGPIPE_SHIP_STATUS_INTERVAL].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display; errors and the summary still go to stderr.")
+def ship(quiet: bool, **flags: Any) -> None:
+    """Ship KafkaLog records from Kafka topics into Elasticsearch, at least once and without duplicates.
+
+    Offsets are committed only after Elasticsearch (or the dead-letter
+    destination) has every message of a batch. Stop with SIGTERM or Ctrl-C:
+    the batch in flight is finished and committed; a second signal exits at
+    once (nothing is lost, the uncommitted batch is shipped again).
+    """
+    overrides = {name: value for name, value in flags.items() if value not in (None, ())}
+    try:
+        options, es_options = load_options(overrides)
+    except ConfigError as exc:
+        raise click.UsageError(_with_flags(str(exc))) from exc
+    err = Console(stderr=True)
+    display = _Display(options, err, live=not quiet and err.is_terminal, lines=not quiet and not err.is_terminal)
+    shipper = Shipper(options, es_options, progress=display.update, track_lag=not quiet)
+    _install_signals(shipper, err)
+    from kafka.errors import KafkaError  # type: ignore[import-untyped]
+
+    try:
+        with display:
+            stats = shipper.run()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KafkaError as exc:
+        servers = ",".join(options.bootstrap_servers)
+        raise click.ClickException(
+            f"Kafka at {servers} (--bootstrap-servers / LOGPIPE_SHIP_BOOTSTRAP_SERVERS): {exc}"
+        ) from exc
+    err.print(_summary(stats, shipper.rate), highlight=False, soft_wrap=True)
+    if stats.in_flight:
+        sys.exit(3)
+
+
+def _with_flags(message: str) -> str:
+    for name, flag in _FLAGS.items():
+        message = message.replace(f"argument {name!r}", flag)
+    return message
+
+
+def _install_signals(shipper: Shipper, err: Console) -> None:
+    """First SIGTERM/SIGINT: finish the batch in flight, commit, exit. Second: exit now."""
+
+    def handler(signum: int, frame: object) -> None:
+        if shipper.stopping:
+            os.write(2, b"logpipe ship: second signal, exiting without committing the batch in flight\n")
+            os._exit(128 + signum)
+        shipper.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _summary(stats: ShipStats, rate: float) -> str:
+    seconds = time.monotonic() - stats.started
+    text = (
+        f"logpipe ship: stopped after {seconds:.1f}s: consumed={stats.consumed} indexed={stats.indexed} "
+        f"duplicates={stats.duplicates} dead_lettered={stats.dead_lettered} (refused_by_es={stats.rejected}) "
+        f"retries={stats.retries} commits={stats.commits} commit_errors={stats.commit_errors} "
+        f"in_flight={stats.in_flight} rate={rate:.0f} msg/s (first to last message)"
+    )
+    if stats.last_error:
+        text += f"\nlast error: {stats.last_error}"
+    return text
+
+
+class _Display:
+    """Rich live table on a terminal, one line per interval otherwise, errors only with --quiet."""
+
+    def __init__(self, options: ShipOptions, console: Console, *, live: bool, lines: bool) -> None:
+        self.options = options
+        self.console = console
+        self.lines = lines
+        self.live = Live(console=console, auto_refresh=False, transient=False) if live else None
+        # rate over the last ~10 s
+        self._samples: deque[tuple[float, int]] = deque(maxlen=max(2, int(10 / options.status_interval) + 1))
+        self._errors_seen = 0
+
+    def __enter__(self) -> _Display:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def update(self, stats: ShipStats) -> None:
+        now = time.monotonic()
+        done = stats.indexed + stats.duplicates + stats.dead_lettered
+        self._samples.append((now, done))
+        first_t, first_done = self._samples[0]
+        rate = (done - first_done) / (now - first_t) if now > first_t else 0.0
+        new_error = stats.errors > self._errors_seen and stats.last_error
+        self._errors_seen = stats.errors
+        if self.live is not None:
+            self.live.update(self._render(stats, rate), refresh=True)
+        elif self.lines:
+            lag = sum(stats.lag.values())
+            self.console.print(
+                f"logpipe ship: {stats.state} indexed={stats.indexed} duplicates={stats.duplicates} "
+                f"dead_lettered={stats.dead_lettered} rate={rate:.0f}/s lag={lag} errors={stats.errors}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if new_error and self.live is None:
+            self.console.print(f"logpipe ship: {stats.last_error}", highlight=False, soft_wrap=True)
+
+    def _render(self, stats: ShipStats, rate: float) -> Group:
+        o = self.options
+        source = ",".join(o.topics) if o.topics else f"/{o.pattern}/"
+        head = Table.grid(padding=(0, 2))
+        head.add_row("source", f"{source} (group {o.group_id}, {stats.assigned} partition(s))")
+        head.add_row("state", stats.state)
+        head.add_row("rate", f"{rate:,.0f} docs/s")
+        head.add_row(
+            "indexed", f"{stats.indexed:,}  duplicates {stats.duplicates:,}  dead-lettered {stats.dead_lettered:,}"
+        )
+        head.add_row("errors", f"{stats.errors:,}  retries {stats.retries:,}  commits {stats.commits:,}")
+        lag = Table(title="lag = end offset - committed", title_justify="left")
+        lag.add_column("partition")
+        lag.add_column("lag", justify="right")
+        for name, value in sorted(stats.lag.items()):
+            lag.add_row(name, f"{value:,}")
+        parts: list[Any] = [head, lag]
+        if stats.last_error:
+            parts.append(Text(f"last error: {stats.last_error}", style="yellow"))
+        return Group(*parts)

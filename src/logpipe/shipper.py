@@ -1,0 +1,667 @@
+"""``logpipe ship``: consume KafkaLog records from Kafka and bulk-index them into Elasticsearch.
+
+The delivery guarantee is at least once, without duplicate documents:
+
+* offsets are committed only after every message of a batch is accounted
+  for: created in Elasticsearch, already there (409), or written to the
+  dead-letter destination. A crash at any point redelivers the uncommitted
+  messages, and because each document's ``_id`` is the record's ``Id`` the
+  redelivered ones are no-ops (409), never second copies;
+* while Elasticsearch is unreachable the batch is retried with backoff,
+  nothing is committed, and the consumer keeps calling ``poll`` with its
+  partitions paused, so the group does not evict it (``max.poll.interval.ms``)
+  and no more messages pile up in memory;
+* messages that can never be indexed (not JSON, not an object, missing
+  ``Id``/``Msg``/``Time``, too large, or refused by Elasticsearch with a 4xx)
+  go to the dead-letter destination with the reason and their topic,
+  partition and offset, and shipping goes on.
+
+Several shippers with the same ``group_id`` share the partitions through
+Kafka's group protocol; each commits only partitions it still owns.
+
+`Shipper` is the Python API (run it in a thread, call `Shipper.stop`);
+`logpipe.cli.ship` wraps it in a command with signals and a progress display.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from . import config
+from . import elasticsearch as es
+from .config import at_least, setting
+from .exceptions import ConfigError
+from .record import Record
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer, KafkaProducer  # type: ignore[import-untyped]
+    from kafka.consumer.fetcher import ConsumerRecord  # type: ignore[import-untyped]
+
+__all__ = ["ENV_PREFIX", "DeadLetter", "ShipOptions", "ShipStats", "Shipper", "load_options"]
+
+ENV_PREFIX = "LOGPIPE_SHIP_"
+
+#: Header names of a dead letter written to Kafka (the original headers come first).
+DLQ_HEADER = "logpipe.dlq."
+
+_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _optional_prefix(value: str | None) -> str | None:
+    return None if value is None else es._check_prefix(value)
+
+
+def _optional_hosts(value: tuple[str, ...]) -> str | None:
+    return es._check_hosts(value) if value else None
+
+
+@dataclass(frozen=True)
+class ShipOptions:
+    """Settings of ``logpipe ship`` (``LOGPIPE_SHIP_*``).
+
+    How to reach Elasticsearch otherwise (auth, TLS, template, analyzer,
+    retries) comes from ``LOGPIPE_ELASTICSEARCH_*``, shared with the direct exporter.
+    """
+
+    bootstrap_servers: tuple[str, ...] = setting(("127.0.0.1:9092",), "Kafka bootstrap servers, comma list.")
+    topics: tuple[str, ...] = setting((), "Topics to consume, comma list (or use PATTERN).")
+    pattern: str | None = setting(None, "Regular expression of topics to consume, instead of TOPICS.")
+    group_id: str = setting("logpipe-shipper", "Consumer group; shippers in one group share partitions.")
+    instance_id: str | None = setting(
+        None,
+        "Static group membership id (unique per shipper): a restarted shipper gets its partitions "
+        "back without a rebalance.",
+    )
+    session_timeout: float = setting(
+        45.0,
+        "Seconds without a heartbeat before a dead shipper's partitions move to the others.",
+        check=at_least(1),
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = setting(
+        "earliest", "Where a group without committed offsets starts: earliest or latest."
+    )
+    es_hosts: tuple[str, ...] = setting(
+        (), "Elasticsearch URLs, comma list (default: LOGPIPE_ELASTICSEARCH_HOSTS).", check=_optional_hosts
+    )
+    index_prefix: str | None = setting(
+        None, "Index prefix (default: LOGPIPE_ELASTICSEARCH_INDEX_PREFIX).", check=_optional_prefix
+    )
+    batch_size: int = setting(500, "Most messages shipped (and committed) together.", check=at_least(1))
+    batch_max_wait: float = setting(
+        1.0, "Seconds the first message of a batch waits for the batch to fill.", check=at_least(0)
+    )
+    max_message_bytes: int = setting(
+        1024 * 1024, "Larger messages go to the dead-letter destination.", check=at_least(1)
+    )
+    dead_letter: str = setting(
+        "{topic}.dlq", "Dead-letter Kafka topic ({topic} = the source topic) or file:PATH for JSON Lines."
+    )
+    shutdown_timeout: float = setting(
+        30.0,
+        "Seconds a stop request waits for the batch in flight (e.g. while Elasticsearch is down).",
+        check=at_least(0),
+    )
+    status_interval: float = setting(2.0, "Seconds between progress updates.", check=at_least(0.1))
+
+
+def load_options(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[ShipOptions, es.ElasticsearchOptions]:
+    """Read ``LOGPIPE_SHIP_*`` and ``LOGPIPE_ELASTICSEARCH_*`` (arguments win); validate both."""
+    ship = config.load(ShipOptions, ENV_PREFIX, overrides, environ)
+    if bool(ship.topics) == bool(ship.pattern):
+        raise ConfigError(f"set exactly one of {ENV_PREFIX}TOPICS (--topic) and {ENV_PREFIX}PATTERN (--pattern)")
+    if ship.pattern:
+        try:
+            re.compile(ship.pattern)
+        except re.error as exc:
+            raise ConfigError(f"{ENV_PREFIX}PATTERN={ship.pattern!r}: not a regular expression ({exc})") from None
+    _check_dead_letter(ship.dead_letter)
+    es_overrides: dict[str, Any] = {}
+    if ship.es_hosts:
+        es_overrides["hosts"] = ship.es_hosts
+    if ship.index_prefix:
+        es_overrides["index_prefix"] = ship.index_prefix
+    es_options = config.load(es.ElasticsearchOptions, es.ENV_PREFIX, es_overrides, environ)
+    es.check_options(es_options)
+    return ship, es_options
+
+
+def _check_dead_letter(value: str) -> None:
+    var = f"{ENV_PREFIX}DEAD_LETTER"
+    if value.startswith("file:"):
+        if not value[5:]:
+            raise ConfigError(f"{var}={value!r}: file: needs a path, e.g. file:logs/ship-dead-letter.jsonl")
+        return
+    try:
+        sample = value.format(topic="logs")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"{var}={value!r}: only {{topic}} may be substituted ({exc})") from None
+    if not _TOPIC_CHARS.match(sample):
+        raise ConfigError(f"{var}={value!r}: not a Kafka topic name (letters, digits, . _ -) nor file:PATH")
+
+
+# -- what the shipper reports -------------------------------------------------------
+
+
+@dataclass
+class ShipStats:
+    """Counters of one `Shipper`, updated by its thread; read them from its progress callback."""
+
+    consumed: int = 0
+    #: Documents Elasticsearch created.
+    indexed: int = 0
+    #: Messages that were already indexed (redelivered after a crash or rebalance).
+    duplicates: int = 0
+    dead_lettered: int = 0
+    #: Of the dead letters, those Elasticsearch refused (4xx) rather than malformed ones.
+    rejected: int = 0
+    #: Bulk rounds that had to be repeated (Elasticsearch down, 429, 5xx).
+    retries: int = 0
+    commits: int = 0
+    commit_errors: int = 0
+    #: Messages consumed but not yet accounted for (left uncommitted by a stop).
+    in_flight: int = 0
+    #: Problems seen (retries, dead letters, failed commits); the last one in words.
+    errors: int = 0
+    last_error: str | None = None
+    state: str = "starting"
+    started: float = field(default_factory=time.monotonic)
+    #: When the first message was consumed and the last one accounted for (monotonic).
+    first_at: float | None = None
+    last_at: float | None = None
+    #: ``topic[partition]`` -> log end offset minus committed offset.
+    lag: dict[str, int] = field(default_factory=dict)
+    assigned: int = 0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message that cannot be indexed, and why."""
+
+    message: ConsumerRecord
+    reason: str
+    status: int | None = None
+    index: str | None = None
+
+
+# -- the shipper --------------------------------------------------------------------------
+
+
+class Shipper:
+    """Consumes KafkaLog messages and indexes them; `run` blocks until `stop`.
+
+    *progress* is called from the shipper's thread every ``status_interval``
+    seconds (and once at the end) with the current `ShipStats`; with
+    *track_lag* the stats carry per-partition consumer lag (one ``ListOffsets``
+    request per interval).
+    """
+
+    def __init__(
+        self,
+        options: ShipOptions,
+        es_options: es.ElasticsearchOptions,
+        *,
+        progress: Callable[[ShipStats], None] | None = None,
+        track_lag: bool = False,
+    ) -> None:
+        self.options = options
+        self.es_options = es_options
+        self.stats = ShipStats()
+        self._progress = progress
+        self._track_lag = track_lag
+        self._stop = threading.Event()
+        self._stop_deadline: float | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._client: Any = None
+        self._paused = False
+        #: Next offset per partition that this shipper committed (filters re-reads).
+        self._committed: dict[Any, int] = {}
+        self._next_tick = 0.0
+
+    # -- control --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run` to finish the batch in flight, commit and return (thread- and signal-safe)."""
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self.options.shutdown_timeout
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def rate(self) -> float:
+        """Messages accounted for per second, from the first consumed to the last shipped."""
+        s = self.stats
+        if s.first_at is None or s.last_at is None or s.last_at <= s.first_at:
+            return 0.0
+        return (s.indexed + s.duplicates + s.dead_lettered) / (s.last_at - s.first_at)
+
+    def run(self) -> ShipStats:
+        """Ship until `stop` is called; returns the final counters.
+
+        Raises `ConfigError` when Elasticsearch refuses the index template
+        (e.g. an analyzer that is not installed).
+        """
+        try:
+            self._client = es.make_client(self.es_options)
+            if self.es_options.install_template and not self._install_template():
+                return self.stats
+            self._consumer = self._make_consumer()
+            self.stats.state = "running"
+            while not self._stop.is_set():
+                batch = self._collect()
+                if batch and not self._ship(batch):
+                    break
+                self._tick()
+        finally:
+            self.stats.state = "stopped"
+            self._close()
+            self._tick(force=True)
+        return self.stats
+
+    # -- one batch ------------------------------------------------------------------------
+
+    def _collect(self) -> list[ConsumerRecord]:
+        """Poll until a batch is full, its first message has waited ``batch_max_wait``, or stop."""
+        assert self._consumer is not None
+        o = self.options
+        batch: list[ConsumerRecord] = []
+        deadline: float | None = None
+        while len(batch) < o.batch_size and not self._stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            slice_s = 0.25 if deadline is None else min(0.25, deadline - now)
+            polled = self._consumer.poll(timeout_ms=max(int(slice_s * 1000), 1), max_records=o.batch_size - len(batch))
+            for records in polled.values():
+                for message in records:
+                    if message.offset >= self._committed.get(_tp(message), -1):
+                        batch.append(message)
+            if batch and deadline is None:
+                deadline = time.monotonic() + o.batch_max_wait
+            self._tick()
+        if batch and self.stats.first_at is None:
+            self.stats.first_at = time.monotonic()
+        self.stats.consumed += len(batch)
+        self.stats.in_flight += len(batch)
+        return batch
+
+    def _ship(self, batch: Sequence[ConsumerRecord]) -> bool:
+        """Index *batch*, dead-letter what cannot be indexed, commit; False when stopped before done."""
+        docs, sources, dead = self._prepare(batch)
+        if not self._index(docs, sources, dead) or not self._dead_letter(dead):
+            self._error(
+                f"stopped with {len(batch)} message(s) in flight; they were not committed and will be shipped again"
+            )
+            return False
+        self._resume()
+        self._commit(batch)
+        self.stats.last_at = time.monotonic()
+        return True
+
+    def _prepare(
+        self, batch: Sequence[ConsumerRecord]
+    ) -> tuple[list[es.BulkDoc], list[ConsumerRecord], list[DeadLetter]]:
+        docs: list[es.BulkDoc] = []
+        sources: list[ConsumerRecord] = []
+        dead: list[DeadLetter] = []
+        prefix = self.es_options.index_prefix
+        for message in batch:
+            problem = self._malformed(message)
+            if problem:
+                dead.append(DeadLetter(message, problem))
+                continue
+            record = Record.from_json(message.value)
+            docs.append(es.BulkDoc(es.index_name(prefix, record.ts), record.id, message.value))
+            sources.append(message)
+        return docs, sources, dead
+
+    def _malformed(self, message: ConsumerRecord) -> str | None:
+        """Why *message* cannot be a document, or None."""
+        value = message.value
+        limit = self.options.max_message_bytes
+        if value is None:
+            return "empty message (no value)"
+        if len(value) > limit:
+            return f"message is {len(value)} bytes, over max_message_bytes={limit} ({ENV_PREFIX}MAX_MESSAGE_BYTES)"
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            return f"not JSON: {exc}"
+        if not isinstance(doc, dict):
+            return f"not a JSON object but {_json_type(doc)}"
+        missing = [key for key in ("Id", "Msg", "Time") if key not in doc]
+        if missing:
+            return f"missing {', '.join(missing)}"
+        record_id = doc["Id"]
+        if not isinstance(record_id, str) or not record_id or len(record_id.encode()) > es.MAX_ID_BYTES:
+            return f"Id must be a non-empty string of at most {es.MAX_ID_BYTES} bytes"
+        if not isinstance(doc["Time"], str):
+            return f"Time must be a string, not {_json_type(doc['Time'])}"
+        return None
+
+    def _index(self, docs: list[es.BulkDoc], sources: list[ConsumerRecord], dead: list[DeadLetter]) -> bool:
+        """Bulk-create *docs* until each is created, already there, or refused (then dead-lettered)."""
+        pending = list(range(len(docs)))
+        delay = self.es_options.backoff
+        while pending:
+            outcome = es.bulk_create(self._client, [docs[i] for i in pending], self.es_options, wait=self._wait)
+            self.stats.indexed += outcome.created
+            self.stats.duplicates += outcome.duplicates
+            for item in outcome.rejected:
+                message = sources[pending[item.position]]
+                dead.append(DeadLetter(message, f"refused by Elasticsearch: {item.reason}", item.status, item.index))
+                self.stats.rejected += 1
+            pending = [pending[item.position] for item in outcome.retry]
+            if not pending:
+                break
+            retry = outcome.retry
+            self.stats.retries += 1
+            self._error(
+                f"Elasticsearch: {len(pending)} document(s) not indexed: {outcome.error or retry[0].reason}; retrying"
+            )
+            self.stats.state = "waiting for Elasticsearch"
+            if not self._wait(delay):
+                return False
+            delay = min(delay * 2, self.es_options.max_backoff) or self.es_options.backoff
+        if self.stats.state == "waiting for Elasticsearch":
+            self.stats.state = "running"
+        return True
+
+    def _commit(self, batch: Sequence[ConsumerRecord]) -> None:
+        """Commit the offsets after *batch* for the partitions this shipper still owns."""
+        from kafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
+        from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
+
+        assert self._consumer is not None
+        ends: dict[Any, ConsumerRecord] = {}
+        for message in batch:
+            tp = _tp(message)
+            if tp not in ends or message.offset > ends[tp].offset:
+                ends[tp] = message
+        owned = self._consumer.assignment()
+        offsets = {}
+        for tp, message in ends.items():
+            if tp in owned and message.offset + 1 > self._committed.get(tp, -1):
+                epoch = message.leader_epoch if message.leader_epoch is not None else -1
+                offsets[tp] = OffsetAndMetadata(message.offset + 1, "", epoch)
+        self.stats.in_flight = max(0, self.stats.in_flight - len(batch))
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets, timeout_ms=int(self.es_options.timeout * 1000))
+        except CommitFailedError as exc:
+            # The group rebalanced: another member owns these partitions now and
+            # reads them from the last commit; its copies are 409 no-ops.
+            self.stats.commit_errors += 1
+            self._error(f"commit refused after a rebalance ({exc}); the new owner ships them again")
+            return
+        except KafkaError as exc:
+            # The next successful commit covers these offsets too.
+            self.stats.commit_errors += 1
+            self._error(f"commit failed: {exc}")
+            return
+        self.stats.commits += 1
+        for tp, meta in offsets.items():
+            self._committed[tp] = meta.offset
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def _dead_letter(self, dead: list[DeadLetter]) -> bool:
+        """Store *dead* durably (retrying with backoff); False when stopped before done."""
+        delay = self.es_options.backoff
+        while dead:
+            try:
+                if self.options.dead_letter.startswith("file:"):
+                    self._dead_letter_file(Path(self.options.dead_letter[5:]), dead)
+                else:
+                    self._dead_letter_kafka(dead)
+            except Exception as exc:  # noqa: BLE001 - any failure means "not stored yet"
+                self.stats.retries += 1
+                self._error(
+                    f"dead-letter destination {self.options.dead_letter!r} "
+                    f"({ENV_PREFIX}DEAD_LETTER): {type(exc).__name__}: {exc}; retrying"
+                )
+                if not self._wait(delay):
+                    return False
+                delay = min(delay * 2, self.es_options.max_backoff) or self.es_options.backoff
+                continue
+            self.stats.dead_lettered += len(dead)
+            self._error(f"{len(dead)} message(s) dead-lettered, e.g. {_where(dead[0].message)}: {dead[0].reason}")
+            break
+        return True
+
+    def _dead_letter_file(self, path: Path, dead: Sequence[DeadLetter]) -> None:
+        entries = []
+        for letter in dead:
+            m = letter.message
+            entry: dict[str, Any] = {
+                "reason": letter.reason,
+                "status": letter.status,
+                "index": letter.index,
+                "topic": m.topic,
+                "partition": m.partition,
+                "offset": m.offset,
+                "timestamp": m.timestamp,
+                "key": None if m.key is None else m.key.decode("utf-8", "backslashreplace"),
+                "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            }
+            try:
+                parsed = orjson.loads(m.value) if m.value is not None else None
+            except orjson.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict) and len(m.value) <= self.options.max_message_bytes:
+                entry["record"] = parsed
+            else:
+                entry["value"] = None if m.value is None else m.value.decode("utf-8", "backslashreplace")
+            entries.append(entry)
+        es.append_json_lines(path, entries)
+
+    def _dead_letter_kafka(self, dead: Sequence[DeadLetter]) -> None:
+        """Send each message unchanged, plus ``logpipe.dlq.*`` headers, and wait for the acks."""
+        producer = self._dlq_producer()
+        futures = []
+        for letter in dead:
+            m = letter.message
+            headers = list(m.headers or [])
+            headers += [
+                (DLQ_HEADER + "reason", letter.reason.encode()),
+                (DLQ_HEADER + "topic", m.topic.encode()),
+                (DLQ_HEADER + "partition", str(m.partition).encode()),
+                (DLQ_HEADER + "offset", str(m.offset).encode()),
+            ]
+            if letter.status is not None:
+                headers.append((DLQ_HEADER + "status", str(letter.status).encode()))
+            if letter.index is not None:
+                headers.append((DLQ_HEADER + "index", letter.index.encode()))
+            topic = self.options.dead_letter.format(topic=m.topic)
+            futures.append(producer.send(topic, value=m.value, key=m.key, headers=headers))
+        producer.flush(timeout=self.es_options.timeout * 3)
+        for future in futures:
+            future.get(timeout=0)  # raises the send error, if any
+
+    def _dlq_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(
+                bootstrap_servers=list(self.options.bootstrap_servers),
+                client_id="logpipe-shipper-dlq",
+                acks="all",
+                linger_ms=5,
+                # a dead letter can be as large as the largest message consumed
+                max_request_size=max(self.options.max_message_bytes, 1024 * 1024) + 64 * 1024,
+            )
+        return self._producer
+
+    # -- Kafka plumbing -----------------------------------------------------------------------
+
+    def _make_consumer(self) -> KafkaConsumer:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        o = self.options
+        shipper = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                shipper.stats.lag = {}
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                shipper.stats.assigned = len(shipper._consumer.assignment()) if shipper._consumer else 0
+                if shipper._paused and assigned:
+                    # A partition gained while Elasticsearch is down must not be read either.
+                    shipper._consumer.pause(*assigned)  # type: ignore[union-attr]
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=list(o.bootstrap_servers),
+            group_id=o.group_id,
+            client_id=f"logpipe-shipper-{o.group_id}",
+            group_instance_id=o.instance_id,
+            session_timeout_ms=int(o.session_timeout * 1000),
+            heartbeat_interval_ms=int(min(3.0, o.session_timeout / 3) * 1000),
+            enable_auto_commit=False,
+            auto_offset_reset=o.auto_offset_reset,
+            max_poll_records=o.batch_size,
+            # What one poll may buffer: bounded by partitions x this, not by the topic.
+            max_partition_fetch_bytes=max(o.max_message_bytes + 64 * 1024, 1024 * 1024),
+        )
+        listener = Listener()
+        if o.pattern:
+            consumer.subscribe(pattern=o.pattern, listener=listener)
+        else:
+            consumer.subscribe(topics=list(o.topics), listener=listener)
+        return consumer
+
+    def _wait(self, seconds: float) -> bool:
+        """Keep the group membership alive for *seconds* without reading more messages.
+
+        Partitions are paused and ``poll`` is called in short slices (the
+        heartbeat thread alone does not satisfy ``max.poll.interval.ms``).
+        Returns False when a stop was asked for and its grace time is over.
+        """
+        assert self._consumer is not None
+        consumer = self._consumer
+        end = time.monotonic() + seconds
+        self._paused = True
+        while True:
+            if self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
+                return False
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            consumer.pause(*consumer.assignment())
+            polled = consumer.poll(timeout_ms=max(int(min(left, 0.25) * 1000), 1))
+            for records in polled.values():  # should not happen while paused: put them back
+                first = min(records, key=lambda m: m.offset)
+                consumer.seek(_tp(first), first.offset)
+            self._tick()
+
+    def _resume(self) -> None:
+        if self._paused and self._consumer is not None:
+            self._consumer.resume(*self._consumer.paused())
+            self._paused = False
+
+    def _install_template(self) -> bool:
+        """Put the index template, retrying while Elasticsearch is unreachable; False if stopped."""
+        from elasticsearch import ApiError, TransportError
+
+        delay = self.es_options.backoff
+        while True:
+            try:
+                es.install_template(self._client, self.es_options)
+                return True
+            except (ApiError, TransportError) as exc:
+                self.stats.state = "waiting for Elasticsearch"
+                self._error(f"cannot install the index template: {exc}; retrying")
+            self._tick()
+            timeout = delay if self._stop_deadline is None else 0.0
+            if self._stop.wait(timeout):
+                return False
+            delay = min(delay * 2, self.es_options.max_backoff) or self.es_options.backoff
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception as exc:  # noqa: BLE001
+                self._error(f"closing the consumer: {exc}")
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=5.0)
+            except Exception as exc:  # noqa: BLE001
+                self._error(f"closing the dead-letter producer: {exc}")
+        if self._client is not None:
+            self._client.close()
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def _tick(self, force: bool = False) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if not force and now < self._next_tick:
+            return
+        self._next_tick = now + self.options.status_interval
+        if self._track_lag and self._consumer is not None and not force:
+            self._update_lag()
+        with contextlib.suppress(Exception):  # a display must not stop the shipping
+            self._progress(self.stats)
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        try:
+            owned = list(self._consumer.assignment())
+            if not owned:
+                self.stats.lag = {}
+                return
+            ends = self._consumer.end_offsets(owned, timeout_ms=2000)
+            lag = {}
+            for tp in sorted(owned):
+                if tp not in self._committed:
+                    committed = self._consumer.committed(tp, timeout_ms=2000)
+                    self._committed[tp] = committed if committed is not None else 0
+                lag[f"{tp.topic}[{tp.partition}]"] = max(0, ends.get(tp, 0) - self._committed[tp])
+            self.stats.lag = lag
+        except Exception as exc:  # noqa: BLE001
+            self._error(f"consumer lag: {exc}")
+
+    def _error(self, text: str) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = text
+
+
+def _tp(message: ConsumerRecord) -> Any:
+    from kafka.structs import TopicPartition
+
+    return TopicPartition(message.topic, message.partition)
+
+
+def _where(message: ConsumerRecord) -> str:
+    return f"{message.topic}[{message.partition}]@{message.offset}"
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,598 @@
+"""Tests for ``logpipe ship`` (logpipe.shipper): Kafka -> Elasticsearch, at least once, no duplicates.
+
+Everything runs against the real broker and node. Records are produced
+through the structlog chain; where the shipper must die or be signalled it
+runs as a subprocess of the ``logpipe`` command, elsewhere in a thread
+through its Python API. Each test has its own topic, group and index prefix
+and deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import structlog
+from click.testing import CliRunner
+
+import logpipe
+from conftest import Service, wait_until
+from logpipe import elasticsearch as es
+from logpipe import plugins
+from logpipe.cli import main
+from logpipe.exceptions import ConfigError
+from logpipe.exporters.base import Exporter, ExportResult
+from logpipe.record import Record, make_record
+from logpipe.shipper import ShipOptions, Shipper, load_options
+from logpipe.testing import InMemoryExporter
+
+servers = [pytest.mark.kafka, pytest.mark.elasticsearch]
+
+LOGPIPE = Path(sys.executable).parent / "logpipe"
+PARTITIONS = 3
+
+
+# -- unit: options ------------------------------------------------------------------------------
+
+
+class TestOptions:
+    def test_one_source_needed(self) -> None:
+        """Neither or both of topics and pattern is an error naming both variables."""
+        with pytest.raises(ConfigError, match="LOGPIPE_SHIP_TOPICS.*LOGPIPE_SHIP_PATTERN"):
+            load_options({}, environ={})
+        with pytest.raises(ConfigError, match="exactly one"):
+            load_options({"topics": "a", "pattern": "b.*"}, environ={})
+
+    def test_env_and_overrides(self) -> None:
+        """LOGPIPE_SHIP_* is read; ES hosts and prefix fall back to LOGPIPE_ELASTICSEARCH_*."""
+        environ = {
+            "LOGPIPE_SHIP_TOPICS": "a,b",
+            "LOGPIPE_SHIP_BATCH_MAX_WAIT": "0.25",
+            "LOGPIPE_ELASTICSEARCH_HOSTS": "http://es:9200",
+            "LOGPIPE_ELASTICSEARCH_INDEX_PREFIX": "apps",
+        }
+        ship, opts = load_options({}, environ=environ)
+        assert ship.topics == ("a", "b") and ship.batch_max_wait == 0.25 and ship.group_id == "logpipe-shipper"
+        assert opts.hosts == ("http://es:9200",) and opts.index_prefix == "apps"
+        ship, opts = load_options({"es_hosts": "http://other:9200", "index_prefix": "x"}, environ=environ)
+        assert opts.hosts == ("http://other:9200",) and opts.index_prefix == "x"
+
+    @pytest.mark.parametrize(
+        ("env", "words"),
+        [
+            ({"LOGPIPE_SHIP_PATTERN": "logs.("}, "LOGPIPE_SHIP_PATTERN"),
+            ({"LOGPIPE_SHIP_TOPICS": "a", "LOGPIPE_SHIP_DEAD_LETTER": "{partition}.dlq"}, "LOGPIPE_SHIP_DEAD_LETTER"),
+            ({"LOGPIPE_SHIP_TOPICS": "a", "LOGPIPE_SHIP_DEAD_LETTER": "bad name"}, "LOGPIPE_SHIP_DEAD_LETTER"),
+            ({"LOGPIPE_SHIP_TOPICS": "a", "LOGPIPE_SHIP_BATCH_SIZE": "0"}, "LOGPIPE_SHIP_BATCH_SIZE"),
+            ({"LOGPIPE_SHIP_TOPICS": "a", "LOGPIPE_SHIP_ES_HOSTS": "es:9200"}, "LOGPIPE_SHIP_ES_HOSTS"),
+        ],
+    )
+    def test_bad_values_name_the_variable(self, env: dict[str, str], words: str) -> None:
+        """Each mistake is reported with the variable to fix."""
+        with pytest.raises(ConfigError, match=words):
+            load_options({}, environ=env)
+
+    def test_cli_names_the_flag(self) -> None:
+        """On the command line the error names the flag."""
+        result = CliRunner().invoke(main, ["ship", "-t", "x", "--batch-size", "0"])
+        assert result.exit_code == 2 and "--batch-size" in result.output
+
+
+# -- fixtures and helpers ---------------------------------------------------------------------------
+
+
+class _ProducerExporter(Exporter):
+    """Stand-in used only when the kafka exporter is not installed: a plain kafka-python producer."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from kafka import KafkaProducer
+
+        super().__init__()
+        self.topic = topic
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+
+    def export(self, batch: Sequence[Record]) -> ExportResult:
+        for r in batch:
+            self.producer.send(self.topic, r.payload, key=r.id.encode())
+        self.producer.flush(30)
+        return ExportResult.SUCCESS
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self.producer.close(timeout)
+
+
+class Chain:
+    """Logs through the structlog chain into a topic and remembers every Id."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.memory = InMemoryExporter()
+        if "kafka" in plugins.available():
+            primary: Any = "kafka"
+        else:
+            primary = _ProducerExporter(bootstrap, topic)
+        self.pipeline = logpipe.configure(
+            exporter=[primary, self.memory],
+            fallback_exporter="none",
+            exporter_options={"kafka": {"bootstrap_servers": bootstrap, "topic": topic}},
+            local_render="none",
+        )
+        structlog.configure(processors=self.pipeline.processors(), cache_logger_on_first_use=False)
+        self.log = structlog.get_logger("shop")
+
+    def emit(self, n: int, start: int = 0) -> None:
+        for i in range(start, start + n):
+            self.log.info("order placed", order=i, user=f"u{i % 17}")
+
+    def flush(self) -> list[str]:
+        assert self.pipeline.force_flush(60)
+        stats = self.pipeline.stats()
+        assert all(s.dropped == s.failed == s.spilled == 0 for s in stats.values()), stats
+        return self.memory.ids()
+
+
+@pytest.fixture
+def client(es_service: Service) -> Iterator[Any]:
+    from elasticsearch import Elasticsearch
+
+    with Elasticsearch(es_service.address, request_timeout=30, max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+def names(kafka_service: Service, client: Any) -> Iterator[dict[str, str]]:
+    """A fresh topic (3 partitions), group and index prefix; all deleted afterwards."""
+    from kafka import KafkaAdminClient
+
+    tag = uuid.uuid4().hex[:10]
+    n = {"topic": f"lptest-{tag}", "group": f"lptest-{tag}", "prefix": f"lptest-{tag}"}
+    admin = KafkaAdminClient(bootstrap_servers=kafka_service.address)
+    admin.create_topics({n["topic"]: {"num_partitions": PARTITIONS, "replication_factor": 1}})
+    yield n
+    existing = [t for t in admin.list_topics() if t.startswith(n["topic"])]
+    if existing:
+        admin.delete_topics(existing, raise_errors=False)
+    with contextlib.suppress(Exception):  # a group that never committed does not exist
+        admin.delete_groups([n["group"]])
+    admin.close()
+    client.options(ignore_status=404).indices.delete(index=f"{n['prefix']}-*")
+    client.options(ignore_status=404).indices.delete_index_template(name=es.template_name(n["prefix"]))
+
+
+def _count(client: Any, prefix: str) -> int:
+    try:
+        client.indices.refresh(index=f"{prefix}-*")
+        return int(client.count(index=f"{prefix}-*")["count"])
+    except Exception:  # the node may be stopped on purpose
+        return -1
+
+
+def _documents(client: Any, prefix: str) -> list[tuple[str, str]]:
+    """(_id, Id) of every document under *prefix*."""
+    from elasticsearch.helpers import scan
+
+    client.indices.refresh(index=f"{prefix}-*")
+    return [(d["_id"], d["_source"]["Id"]) for d in scan(client, index=f"{prefix}-*", query={"_source": ["Id"]})]
+
+
+def _assert_exactly(client: Any, prefix: str, ids: Sequence[str]) -> None:
+    """Every Id is indexed once: count == N, distinct Ids == N, _id == Id."""
+    docs = _documents(client, prefix)
+    assert len(docs) == len(ids), f"{len(docs)} documents for {len(ids)} records"
+    assert all(doc_id == record_id for doc_id, record_id in docs)
+    assert {record_id for _, record_id in docs} == set(ids)
+    hits = client.search(index=f"{prefix}-*", query={"ids": {"values": list(ids[:50])}}, size=50)
+    assert hits["hits"]["total"]["value"] == min(50, len(ids))
+
+
+def _committed(kafka_service: Service, group: str, admin: Any = None) -> int:
+    """Sum of the group's committed offsets."""
+    from kafka import KafkaAdminClient
+
+    own = admin is None
+    admin = admin or KafkaAdminClient(bootstrap_servers=kafka_service.address)
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+        return sum(max(meta.offset, 0) for meta in offsets.values())
+    finally:
+        if own:
+            admin.close()
+
+
+def _spawn(
+    kafka_service: Service,
+    es_service: Service,
+    names: dict[str, str],
+    log: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    command = [
+        str(LOGPIPE),
+        "ship",
+        "--quiet",
+        "-b",
+        kafka_service.address,
+        "-t",
+        names["topic"],
+        "--group",
+        names["group"],
+        "--es-hosts",
+        es_service.address,
+        "--index-prefix",
+        names["prefix"],
+        *extra,
+    ]
+    environ = {**os.environ, "LOGPIPE_ELASTICSEARCH_REPLICAS": "0", **(env or {})}
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
+
+
+def _stop(process: subprocess.Popen[bytes], log: Path) -> str:
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    text = log.read_text()
+    assert code == 0, text
+    return text
+
+
+def _options(
+    kafka_service: Service, es_service: Service, names: dict[str, str], **ship: Any
+) -> tuple[ShipOptions, es.ElasticsearchOptions]:
+    overrides = {
+        "bootstrap_servers": kafka_service.address,
+        "topics": names["topic"],
+        "group_id": names["group"],
+        "es_hosts": es_service.address,
+        "index_prefix": names["prefix"],
+        "batch_max_wait": 0.2,
+        "status_interval": 0.2,
+        **ship,
+    }
+    return load_options(overrides, environ={"LOGPIPE_ELASTICSEARCH_REPLICAS": "0"})
+
+
+class _Running:
+    """A `Shipper` on a thread; `stop` joins it and returns its stats."""
+
+    def __init__(self, shipper: Shipper) -> None:
+        self.shipper = shipper
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.shipper.run()
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def stop(self) -> Any:
+        self.shipper.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "shipper did not stop"
+        if self.error is not None:
+            raise self.error
+        return self.shipper.stats
+
+
+def _ship_in_thread(
+    kafka_service: Service,
+    es_service: Service,
+    names: dict[str, str],
+    es_changes: dict[str, Any] | None = None,
+    **ship: Any,
+) -> _Running:
+    options, es_options = _options(kafka_service, es_service, names, **ship)
+    if es_changes:
+        es_options = replace(es_options, **es_changes)
+    return _Running(Shipper(options, es_options, progress=lambda stats: None, track_lag=True))
+
+
+def _wait_count(client: Any, prefix: str, n: int, timeout: float) -> None:
+    wait_until(lambda: _count(client, prefix) == n, timeout, interval=0.2)
+
+
+# -- end to end ----------------------------------------------------------------------------------------
+
+
+N = 5000
+
+
+@servers[0]
+@servers[1]
+class TestEndToEnd:
+    def test_chain_to_kafka_to_ship_to_elasticsearch(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str], tmp_path: Path
+    ) -> None:
+        """5,000 events logged into Kafka are all searchable by Id, exactly once; SIGTERM commits."""
+        chain = Chain(kafka_service.address, names["topic"])
+        chain.emit(N)
+        ids = chain.flush()
+        assert len(ids) == N
+
+        log = tmp_path / "ship.log"
+        started = time.monotonic()
+        process = _spawn(kafka_service, es_service, names, log, "--batch-size", "1000")
+        _wait_count(client, names["prefix"], N, 120)
+        elapsed = time.monotonic() - started
+        summary = _stop(process, log)
+
+        _assert_exactly(client, names["prefix"], ids)
+        assert f"indexed={N} duplicates=0" in summary
+        assert _committed(kafka_service, names["group"]) == N
+        print(f"\nshipped {N} records in {elapsed:.1f}s including start-up; {summary.strip()}")
+
+    def test_elasticsearch_restart_mid_stream(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str]
+    ) -> None:
+        """ES stopped and started while records flow: retried without committing, 0 lost, 0 duplicates."""
+        chain = Chain(kafka_service.address, names["topic"])
+        running = _ship_in_thread(
+            kafka_service,
+            es_service,
+            names,
+            es_changes={"max_retries": 1, "backoff": 0.1, "max_backoff": 1.0, "timeout": 5.0},
+            batch_size=200,
+        )
+        stats = running.shipper.stats
+        produced = 0
+        outage: dict[str, float] = {}
+
+        def restart() -> None:
+            outage["stop"] = time.monotonic()
+            es_service.stop()
+            try:
+                # keep it down until the shipper has noticed and retried at least once
+                wait_until(lambda: stats.retries > 0, 60, interval=0.05)
+            finally:
+                outage["start"] = time.monotonic()
+                es_service.start()
+                outage["up"] = time.monotonic()
+
+        # a steady stream: 200 records per round, before, during and after the outage
+        chain.emit(200)
+        produced += 200
+        chain.flush()
+        wait_until(lambda: stats.indexed >= 200, 60)
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        while restarter.is_alive() or produced < 3000:
+            chain.emit(200, start=produced)
+            produced += 200
+            chain.flush()
+            time.sleep(0.1)  # pacing the producer, not synchronisation
+        restarter.join()
+        ids = chain.flush()
+        assert len(ids) == produced
+
+        _wait_count(client, names["prefix"], produced, 120)
+        final = running.stop()
+        _assert_exactly(client, names["prefix"], ids)
+        assert final.retries > 0 and final.in_flight == 0
+        assert _committed(kafka_service, names["group"]) == produced
+        print(
+            f"\n{produced} records; ES down {outage['start'] - outage['stop']:.1f}s "
+            f"(start took {outage['up'] - outage['start']:.1f}s); retries={final.retries} "
+            f"duplicates={final.duplicates}"
+        )
+
+    def test_sigkill_mid_batch_then_restart(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str], tmp_path: Path
+    ) -> None:
+        """Killed (SIGKILL) between indexing and committing, a restarted shipper loses and duplicates nothing."""
+        chain = Chain(kafka_service.address, names["topic"])
+        chain.emit(N)
+        ids = chain.flush()
+
+        from kafka import KafkaAdminClient
+
+        log = tmp_path / "ship.log"
+        # 1,000-message batches sent as 100 bulk requests of 10: a batch is visibly half done for a while
+        env = {"LOGPIPE_ELASTICSEARCH_CHUNK_SIZE": "10"}
+        # the killed member holds its partitions until its session times out (broker minimum: 6 s)
+        args = ("--batch-size", "1000", "--session-timeout", "6")
+        first = _spawn(kafka_service, es_service, names, log, *args, env=env)
+        seen: dict[str, int] = {}
+        admin = KafkaAdminClient(bootstrap_servers=kafka_service.address)
+
+        def mid_batch() -> bool:
+            indexed = _count(client, names["prefix"])
+            committed = _committed(kafka_service, names["group"], admin)
+            if indexed > committed and indexed < N:
+                seen.update(indexed=indexed, committed=committed)
+                return True
+            assert indexed < N, "the first shipper finished before it could be killed mid-batch"
+            return False
+
+        try:
+            wait_until(mid_batch, 120, interval=0.01)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            admin.close()
+        assert first.wait(30) == -signal.SIGKILL
+
+        second = _spawn(kafka_service, es_service, names, log, *args, env=env)
+        _wait_count(client, names["prefix"], N, 120)
+        summary = _stop(second, log)
+        _assert_exactly(client, names["prefix"], ids)
+        assert _committed(kafka_service, names["group"]) == N
+        assert "duplicates=0 " not in summary  # the uncommitted, already indexed part came back: 409s
+        print(f"\nkilled with {seen['indexed']} indexed / {seen['committed']} committed; {summary.strip()}")
+
+    def test_unreachable_elasticsearch_commits_nothing(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str]
+    ) -> None:
+        """While ES does not answer nothing is committed; a stop leaves the batch for the next shipper."""
+        chain = Chain(kafka_service.address, names["topic"])
+        chain.emit(500)
+        ids = chain.flush()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        down = _ship_in_thread(
+            kafka_service,
+            es_service,
+            names,
+            es_hosts=closed,
+            shutdown_timeout=0.5,
+            es_changes={"install_template": False, "max_retries": 0, "backoff": 0.05, "max_backoff": 0.2},
+        )
+        stats = down.shipper.stats
+        wait_until(lambda: stats.retries >= 3 and stats.in_flight > 0, 30)
+        assert stats.state == "waiting for Elasticsearch" and stats.assigned == PARTITIONS
+        assert "ConnectionError" in (stats.last_error or "")
+        final = down.stop()
+        assert final.in_flight > 0 and final.indexed == 0
+        assert _committed(kafka_service, names["group"]) == 0
+
+        up = _ship_in_thread(kafka_service, es_service, names)
+        _wait_count(client, names["prefix"], 500, 60)
+        up.stop()
+        _assert_exactly(client, names["prefix"], ids)
+
+    def test_consumer_group_shares_partitions(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str]
+    ) -> None:
+        """Two shippers in one group split the partitions and together ship every record once."""
+        a = _ship_in_thread(kafka_service, es_service, names, batch_size=100)
+        b = _ship_in_thread(kafka_service, es_service, names, batch_size=100)
+        wait_until(
+            lambda: (
+                a.shipper.stats.assigned
+                and b.shipper.stats.assigned
+                and a.shipper.stats.assigned + b.shipper.stats.assigned == PARTITIONS
+            ),
+            60,
+        )
+        chain = Chain(kafka_service.address, names["topic"])
+        chain.emit(3000)
+        ids = chain.flush()
+        _wait_count(client, names["prefix"], 3000, 120)
+        sa, sb = a.stop(), b.stop()
+        _assert_exactly(client, names["prefix"], ids)
+        assert sa.indexed > 0 and sb.indexed > 0 and sa.indexed + sb.indexed == 3000
+
+
+# -- dead letters --------------------------------------------------------------------------------------
+
+
+def _produce_raw(kafka_service: Service, topic: str, values: Sequence[bytes]) -> None:
+    """Send *values* in order to partition 0."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=kafka_service.address, acks="all", max_request_size=4 * 1024 * 1024)
+    for value in values:
+        producer.send(topic, value, partition=0)
+    producer.flush(30)
+    producer.close()
+
+
+def _malformed_stream() -> tuple[list[bytes], list[str], dict[int, str]]:
+    """Good and bad messages interleaved; returns values, good Ids, {offset: reason words}."""
+    good = [make_record(type="info", msg=f"good {i}") for i in range(6)]
+    oversized = make_record(type="info", msg="x" * 20_000)
+    no_id = orjson.loads(good[0].payload)
+    del no_id["Id"]
+    bad_time = orjson.loads(make_record(type="info", msg="bad time").payload)
+    bad_time["Time"] = "yesterday"
+    values = [
+        good[0].payload,
+        b"\xff\xfenot json at all",
+        b"[1, 2, 3]",
+        orjson.dumps(no_id),
+        good[1].payload,
+        oversized.payload,
+        orjson.dumps(bad_time),
+        *[g.payload for g in good[2:]],
+    ]
+    reasons = {
+        1: "not JSON",
+        2: "array",
+        3: "missing Id",
+        5: "max_message_bytes",
+        6: "refused by Elasticsearch: document_parsing_exception",
+    }
+    return values, [g.id for g in good], reasons
+
+
+@servers[0]
+@servers[1]
+class TestDeadLetters:
+    def test_to_a_kafka_topic(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str]
+    ) -> None:
+        """Bad messages go to <topic>.dlq unchanged with reason/topic/partition/offset headers."""
+        from kafka import KafkaConsumer
+
+        values, good_ids, reasons = _malformed_stream()
+        _produce_raw(kafka_service, names["topic"], values)
+        running = _ship_in_thread(kafka_service, es_service, names, max_message_bytes=10_000)
+        _wait_count(client, names["prefix"], len(good_ids), 60)
+        wait_until(lambda: running.shipper.stats.dead_lettered == len(reasons), 30)
+        stats = running.stop()
+        _assert_exactly(client, names["prefix"], good_ids)
+        assert stats.rejected == 1 and stats.in_flight == 0
+        assert _committed(kafka_service, names["group"]) == len(values)
+
+        consumer = KafkaConsumer(
+            f"{names['topic']}.dlq",
+            bootstrap_servers=kafka_service.address,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=10_000,
+        )
+        letters = {}
+        for message in consumer:
+            headers = {k: v.decode() for k, v in message.headers}
+            letters[int(headers["logpipe.dlq.offset"])] = (message.value, headers)
+            if len(letters) == len(reasons):
+                break
+        consumer.close()
+        assert sorted(letters) == sorted(reasons)
+        for offset, words in reasons.items():
+            value, headers = letters[offset]
+            assert value == values[offset]
+            assert words in headers["logpipe.dlq.reason"]
+            assert headers["logpipe.dlq.topic"] == names["topic"]
+            assert headers["logpipe.dlq.partition"] == "0"
+        assert letters[6][1]["logpipe.dlq.status"] == "400"
+
+    def test_to_a_file(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str], tmp_path: Path
+    ) -> None:
+        """With file:PATH the dead letters are JSON lines with the reason and where they came from."""
+        values, good_ids, reasons = _malformed_stream()
+        _produce_raw(kafka_service, names["topic"], values)
+        path = tmp_path / "dead" / "ship.jsonl"
+        running = _ship_in_thread(
+            kafka_service, es_service, names, max_message_bytes=10_000, dead_letter=f"file:{path}"
+        )
+        _wait_count(client, names["prefix"], len(good_ids), 60)
+        wait_until(lambda: running.shipper.stats.dead_lettered == len(reasons), 30)
+        running.stop()
+        entries = {e["offset"]: e for e in map(orjson.loads, path.read_bytes().splitlines())}
+        assert sorted(entries) == sorted(reasons)
+        for offset, words in reasons.items():
+            assert words in entries[offset]["reason"]
+            assert entries[offset]["topic"] == names["topic"] and entries[offset]["partition"] == 0
+        assert entries[2]["value"] == "[1, 2, 3]"
+        assert entries[1]["value"].endswith("not json at all")
+        assert entries[3]["record"]["Msg"] == "good 0"
+        assert entries[6]["status"] == 400 and entries[6]["record"]["Time"] == "yesterday"
+        assert len(entries[5]["value"]) > 10_000  # the oversized message is kept whole
