@@ -18,7 +18,7 @@ import structlog
 from opentelemetry import trace
 from structlog.typing import EventDict, WrappedLogger
 
-from .record import HOST, Record, _safe_str, encode, format_time, new_id
+from .record import Record, _safe_str, encode, format_time, new_id, wire_document
 
 __all__ = [
     "FuncNameAdder",
@@ -184,19 +184,18 @@ class KafkaLogRenderer:
         span_id = event_dict.pop("SpanId", "")
         service = self._service(ts)
         record_id = new_id()
-        doc = {
-            "Type": level,
-            "Action": action,
-            "Time": format_time(ts, self._time_format, utc=self._utc),
-            "Msg": msg if type(msg) is str else _safe_str(msg),
-            "Field": event_dict,
-            "FuncName": func_name,
-            "TraceId": trace_id,
-            "SpanId": span_id,
-            "Service": service,
-            "Host": HOST,
-            "Id": record_id,
-        }
+        doc = wire_document(
+            level,
+            action,
+            format_time(ts, self._time_format, utc=self._utc),
+            msg if type(msg) is str else _safe_str(msg),
+            event_dict,
+            func_name,
+            trace_id,
+            span_id,
+            service,
+            record_id,
+        )
         payload = encode(doc)
         self._submit(Record(record_id, ts, trace_id, service, payload))
         return self._render_local(logger, doc, payload)

@@ -33,6 +33,7 @@ __all__ = [
     "info",
     "make_record",
     "new_id",
+    "wire_document",
 ]
 
 #: The keys of every record on the wire, in order.
@@ -260,12 +261,31 @@ def make_record(
     """Build and encode one KafkaLog record; the processor chain ends here too."""
     ts = time.time() if ts is None else ts
     record_id = new_id()
-    doc = {
+    time_text = format_time(ts, time_format)
+    fields = dict(fields or {})
+    doc = wire_document(type, action, time_text, msg, fields, func_name, trace_id, span_id, service, record_id)
+    return Record(record_id, ts, trace_id, service, encode(doc))
+
+
+def wire_document(
+    type: str,
+    action: str,
+    time_text: str,
+    msg: str,
+    fields: Mapping[str, Any],
+    func_name: str,
+    trace_id: str,
+    span_id: str,
+    service: str,
+    record_id: str,
+) -> dict[str, Any]:
+    """The KafkaLog dict in wire order (`WIRE_KEYS`); positional for the per-call path."""
+    return {
         "Type": type,
         "Action": action,
-        "Time": format_time(ts, time_format),
+        "Time": time_text,
         "Msg": msg,
-        "Field": dict(fields or {}),
+        "Field": fields,
         "FuncName": func_name,
         "TraceId": trace_id,
         "SpanId": span_id,
@@ -273,7 +293,6 @@ def make_record(
         "Host": HOST,
         "Id": record_id,
     }
-    return Record(record_id, ts, trace_id, service, encode(doc))
 
 
 def error(err: BaseException | str, func_name: str, fields: Mapping[str, Any] | None = None, **kw: Any) -> Record:
