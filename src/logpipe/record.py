@@ -124,15 +124,20 @@ def format_time(ts: float, fmt: str = "iso", *, utc: bool = True) -> str:
     case is one string format instead of a datetime round trip.
     """
     if fmt == "iso":
-        second = int(ts // 1)
-        cached = _iso_seconds.get(utc)
-        if cached is None or cached[0] != second:
-            moment = _moment(second, utc)
-            offset = moment.strftime("%z")
-            cached = (second, moment.strftime("%Y-%m-%dT%H:%M:%S"), f"{offset[:3]}:{offset[3:]}")
-            _iso_seconds[utc] = cached  # one atomic store: other threads see old or new, never half
-        return cached[1] + _MILLIS[min(int((ts - second) * 1000), 999)] + cached[2]
+        return format_iso(ts, utc)
     return _moment(ts, utc).strftime(SEED_TIME_FORMAT if fmt == "seed" else fmt)
+
+
+def format_iso(ts: float, utc: bool = True) -> str:
+    """`format_time`'s ``iso`` layout, without the dispatch on the format (the renderer's path)."""
+    second = int(ts // 1)
+    cached = _iso_seconds.get(utc)
+    if cached is None or cached[0] != second:
+        moment = _moment(second, utc)
+        offset = moment.strftime("%z")
+        cached = (second, moment.strftime("%Y-%m-%dT%H:%M:%S"), f"{offset[:3]}:{offset[3:]}")
+        _iso_seconds[utc] = cached  # one atomic store: other threads see old or new, never half
+    return cached[1] + _MILLIS[int((ts - second) * 1000)] + cached[2]
 
 
 def _moment(ts: float, utc: bool) -> datetime:
@@ -141,7 +146,8 @@ def _moment(ts: float, utc: bool) -> datetime:
 
 #: By utc flag: (second, "YYYY-MM-DDTHH:MM:SS", "+HH:MM") of the last second rendered.
 _iso_seconds: dict[bool, tuple[int, str, str]] = {}
-_MILLIS = tuple(f".{ms:03d}" for ms in range(1000))
+#: ".000" ... ".999", and ".999" again at 1000: a fraction just under 1 can round up when scaled.
+_MILLIS = (*(f".{ms:03d}" for ms in range(1000)), ".999")
 
 
 def _parse_ts(value: object) -> float:
@@ -196,9 +202,14 @@ def encode(doc: Mapping[str, Any]) -> bytes:
     nearly free for the common case.
     """
     try:
-        out = orjson.dumps(doc, default=_printable, option=_OPTIONS)
+        # OPT_NON_STR_KEYS takes orjson's slower dict path (~35% of the dumps); try without it,
+        # a non-str key raises TypeError and gets it below.
+        out = orjson.dumps(doc, default=_printable)
     except TypeError:
-        return orjson.dumps(_sanitize(doc, set()), default=_printable, option=_OPTIONS)
+        try:
+            out = orjson.dumps(doc, default=_printable, option=_OPTIONS)
+        except TypeError:
+            return orjson.dumps(_sanitize(doc, set()), default=_printable, option=_OPTIONS)
     if b"null" in out and _has_non_finite(doc):
         return orjson.dumps(_sanitize(doc, set()), default=_printable, option=_OPTIONS)
     return out

@@ -44,8 +44,8 @@ from .exceptions import ConfigError
 from .record import Record
 
 if TYPE_CHECKING:
-    from kafka import KafkaConsumer, KafkaProducer  # type: ignore[import-untyped]
-    from kafka.consumer.fetcher import ConsumerRecord  # type: ignore[import-untyped]
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.consumer.fetcher import ConsumerRecord
 
 __all__ = ["ENV_PREFIX", "DeadLetter", "ShipOptions", "ShipStats", "Shipper", "load_options"]
 
@@ -385,8 +385,8 @@ class Shipper:
 
     def _commit(self, batch: Sequence[ConsumerRecord]) -> None:
         """Commit the offsets after *batch* for the partitions this shipper still owns."""
-        from kafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
-        from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
+        from kafka.errors import CommitFailedError, KafkaError
+        from kafka.structs import OffsetAndMetadata
 
         assert self._consumer is not None
         ends: dict[Any, ConsumerRecord] = {}

@@ -95,7 +95,7 @@ def ship(quiet: bool, **flags: Any) -> None:
     display = _Display(options, err, live=not quiet and err.is_terminal, lines=not quiet and not err.is_terminal)
     shipper = Shipper(options, es_options, progress=display.update, track_lag=not quiet)
     _install_signals(shipper, err)
-    from kafka.errors import KafkaError  # type: ignore[import-untyped]
+    from kafka.errors import KafkaError
 
     try:
         with display:

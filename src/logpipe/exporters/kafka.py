@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import kafka.codec  # type: ignore[import-untyped]
-import kafka.errors  # type: ignore[import-untyped]
+import kafka.codec
+import kafka.errors
 from kafka import KafkaProducer
 
 from ..config import at_least, setting
@@ -404,7 +404,7 @@ class _Latch:
 
 
 def _failed_future(exc: BaseException) -> Any:
-    from kafka.future import Future  # type: ignore[import-untyped]
+    from kafka.future import Future
 
     return Future().failure(exc)
 
