@@ -29,6 +29,27 @@ test: $(VENV)/.installed
 docs: $(VENV)/.installed
 	$(PY) scripts/gen_config_docs.py
 
+## Run the benchmark suite (bench/): one table per workload on the terminal, and
+## docs/benchmarks.md + docs/img/ written. Starts the Kafka broker and the
+## Elasticsearch node when they are not running, and stops those it started.
+## BENCH_ARGS="--only call_cost --quick" picks workloads and sizes (python -m bench --help).
+BENCH_ARGS ?=
+$(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
+	$(PY) -m pip install -q -r bench/requirements.txt
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	@kafka_was_up=0; es_was_up=0; \
+	bash scripts/kafka.sh status >/dev/null 2>&1 && kafka_was_up=1; \
+	bash scripts/elasticsearch.sh status >/dev/null 2>&1 && es_was_up=1; \
+	stop_started() { \
+	  [ $$kafka_was_up = 1 ] || bash scripts/kafka.sh stop || true; \
+	  [ $$es_was_up = 1 ] || bash scripts/elasticsearch.sh stop || true; \
+	}; \
+	trap stop_started EXIT INT TERM; \
+	bash scripts/kafka.sh start && bash scripts/elasticsearch.sh start && \
+	$(PY) -m bench $(BENCH_ARGS)
+
 services-start:
 	bash scripts/kafka.sh start
 	bash scripts/elasticsearch.sh start

@@ -1,0 +1,651 @@
+"""Workload 1: what one log call costs the application.
+
+Every peer logs the same event (a message and four fields) from the same
+loop, each call timed on its own with ``perf_counter_ns``; the cost of the
+timer and loop (measured on an empty call) is subtracted. Peers take turns in
+rounds whose order rotates (A B C D E, B C D E A, ...), so slow drift of the
+machine hits them alike. Between rounds each peer flushes its background
+worker, untimed, so no peer's backlog spills into another's round; the
+process CPU time of a round, flush included, gives the CPU per event on all
+threads (a background worker's cost is still paid by the application's
+process under the GIL).
+
+Peers:
+
+* **logpipe**: ``logpipe.processors(exporter="kafka")`` (the real broker, acks=all) behind
+  structlog's ``BytesLogger``; the chain renders the KafkaLog JSON once, returns
+  it to structlog's own logger, and queues it for the Kafka exporter. Without
+  a broker an exporter that discards each batch stands in (the queueing is the
+  same).
+* **structlog**: structlog's documented fast configuration: ``merge_contextvars``,
+  ``add_log_level``, ``format_exc_info``, ``TimeStamper(iso, utc)``,
+  ``JSONRenderer(orjson.dumps)``, ``BytesLoggerFactory`` semantics,
+  ``make_filtering_bound_logger(INFO)``, ``cache_logger_on_first_use``.
+* **stdlib logging**: a ``logging.Logger`` with a ``StreamHandler`` and
+  python-json-logger's ``JsonFormatter``.
+* **OpenTelemetry SDK**: ``LoggingHandler`` → ``LoggerProvider`` →
+  ``BatchLogRecordProcessor`` → ``InMemoryLogRecordExporter`` (cleared at every
+  round's flush), and the same with an exporter that discards each batch, which
+  keeps no record alive (the faster of the two is what the target is judged on).
+* **python-logstash-async**: ``AsynchronousLogstashHandler`` with its in-memory
+  event cache and a transport that discards (no Logstash server).
+
+Every sink is ``/dev/null`` opened by the benchmark: the JSON is written (and
+flushed) like it would be to a file, but goes nowhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import logging
+import os
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .common import (
+    KAFKA_BOOTSTRAP,
+    Context,
+    Section,
+    Skip,
+    Target,
+    exporter_available,
+    fmt_num,
+    fmt_ratio,
+    kafka_up,
+    median,
+    percentile,
+    require_module,
+    spread,
+    unique,
+)
+
+KEY = "call_cost"
+TITLE = "1. Cost of one log call to the application"
+
+FIELDS = {"user": "alice", "amount": 42.5, "path": "/api/orders"}
+
+
+@dataclass
+class Peer:
+    key: str
+    label: str
+    log: Callable[[int], Any]
+    flush: Callable[[], Any]
+    close: Callable[[], Any]
+    detail: str = ""
+    #: A context manager factory entered around each of the peer's rounds (flush included).
+    around: Callable[[], Any] | None = None
+
+
+# -- the peers -----------------------------------------------------------------------
+
+
+def _devnull_bytes() -> Any:
+    return open(os.devnull, "wb")  # noqa: SIM115 - closed by the peer's close()
+
+
+def _devnull_text() -> Any:
+    return open(os.devnull, "w")  # noqa: SIM115
+
+
+def build_pipeline(
+    package: Any,
+    exporter: Any,
+    *,
+    exporter_options: dict[str, Any] | None = None,
+    fallback_exporter: str = "none",
+    **settings: Any,
+) -> Any:
+    """What ``logpipe.configure`` builds, without making it the current pipeline.
+
+    So several peers (or patched copies of the package) can live side by side:
+    configure() would shut the previous pipeline down.
+    """
+    config = importlib.import_module(f"{package.__name__}.config")
+    settings["exporter"] = (exporter,) if isinstance(exporter, str) else ("custom",)
+    settings["fallback_exporter"] = fallback_exporter
+    parsed = config.load(config.Settings, config.CORE_PREFIX, settings, None)
+    return package.Pipeline.from_settings(parsed, [exporter], exporter_options, None, None)
+
+
+def discard_exporter(package: Any) -> Any:
+    """An exporter of *package* (logpipe or a patched copy) that accepts and forgets every batch.
+
+    Records live as long as they would with a real exporter (queued, then one
+    batch in flight), unlike the ``memory`` exporter, which keeps them all.
+    """
+
+    class Discard(package.Exporter):  # type: ignore[misc,name-defined]
+        def export(self, batch: Any) -> Any:
+            return package.ExportResult.SUCCESS
+
+        def describe(self) -> str:
+            return "discard"
+
+    return Discard()
+
+
+def logpipe_peer(exporter: str = "auto", *, options: dict[str, Any] | None = None) -> Peer:
+    import structlog
+
+    import logpipe
+
+    kafka = exporter == "kafka" or (exporter == "auto" and kafka_up() and exporter_available("kafka"))
+    sink = _devnull_bytes()
+    if kafka:
+        topic = unique("bench-callcost")
+        opts = {"bootstrap_servers": KAFKA_BOOTSTRAP, "topic": topic, "acks": "all", **(options or {})}
+        fallback = "auto" if exporter_available("spool") else "none"
+        pipeline = build_pipeline(
+            logpipe, "kafka", exporter_options={"kafka": opts}, fallback_exporter=fallback, service="bench"
+        )
+        detail = f"kafka exporter, acks=all, local broker, fallback {fallback}"
+    else:
+        pipeline = build_pipeline(logpipe, discard_exporter(logpipe), service="bench")
+        reason = "no broker" if not kafka_up() else "kafka exporter not registered"
+        if exporter == "memory":
+            reason = "LOGPIPE_BENCH_CALL_EXPORTER=memory"
+        detail = f"discarding exporter ({reason}); the queueing is the same dispatcher"
+    log = structlog.wrap_logger(
+        structlog.BytesLogger(sink),
+        processors=pipeline.processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=True,
+    )
+
+    def call(i: int) -> None:
+        log.info("order placed", order_id=i, user="alice", amount=42.5, path="/api/orders")
+
+    def flush() -> None:
+        pipeline.force_flush(30.0)
+
+    def close() -> None:
+        pipeline.shutdown(10.0)
+        sink.close()
+
+    return Peer(
+        "logpipe",
+        "logpipe (chain + Kafka enqueue)" if kafka else "logpipe (chain + enqueue)",
+        call,
+        flush,
+        close,
+        detail,
+    )
+
+
+def logpipe_discard_peer() -> Peer:
+    """The same chain and queue with an exporter that discards: the call without a client library's threads."""
+    peer = logpipe_peer("memory")
+    peer.key = "logpipe_discard"
+    peer.label = "logpipe (chain + enqueue), discarding exporter"
+    peer.detail = "discarding exporter: no Kafka client threads competing for the GIL"
+    return peer
+
+
+def logpipe_confluent_peer() -> Peer:
+    """The chain and queue in front of the confluent-kafka exporter prototype (bench/confluent_exporter.py)."""
+    import structlog
+
+    import logpipe
+
+    if not kafka_up():
+        raise Skip("needs the Kafka broker")
+    require_module("confluent_kafka", "confluent-kafka")
+    from .confluent_exporter import make
+
+    sink = _devnull_bytes()
+    pipeline = build_pipeline(logpipe, make(logpipe, KAFKA_BOOTSTRAP, unique("bench-callcost-ck")), service="bench")
+    log = structlog.wrap_logger(
+        structlog.BytesLogger(sink),
+        processors=pipeline.processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=True,
+    )
+
+    def call(i: int) -> None:
+        log.info("order placed", order_id=i, user="alice", amount=42.5, path="/api/orders")
+
+    def close() -> None:
+        pipeline.shutdown(10.0)
+        sink.close()
+
+    return Peer(
+        "logpipe_confluent",
+        "logpipe (chain + enqueue), confluent-kafka exporter prototype",
+        call,
+        lambda: pipeline.force_flush(30.0),
+        close,
+        "what-if: bench/confluent_exporter.py, librdkafka, acks=all (not part of logpipe)",
+    )
+
+
+def logpipe_pure_crc_peer() -> Peer:
+    """logpipe to Kafka with kafka-python's pure-Python CRC32C (what logpipe[kafka] installs today)."""
+    if not (kafka_up() and exporter_available("kafka")):
+        raise Skip("needs the Kafka broker and logpipe's kafka exporter")
+    from .kafka_throughput import crc_implementation, pure_python_crc
+
+    if "C extension" not in crc_implementation():
+        raise Skip("the crc32c package is not installed: the logpipe row above already uses the pure-Python CRC32C")
+    peer = logpipe_peer("kafka")
+    peer.key = "logpipe_purecrc"
+    peer.label = "logpipe (chain + Kafka enqueue), pure-Python CRC32C"
+    peer.detail += "; kafka-python without the crc32c package"
+    peer.around = pure_python_crc
+    return peer
+
+
+def structlog_peer() -> Peer:
+    import orjson
+    import structlog
+
+    sink = _devnull_bytes()
+    log = structlog.wrap_logger(
+        structlog.BytesLogger(sink),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.format_exc_info,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=True,
+    )
+
+    def call(i: int) -> None:
+        log.info("order placed", order_id=i, user="alice", amount=42.5, path="/api/orders")
+
+    return Peer(
+        "structlog",
+        "structlog JSON (orjson, BytesLogger)",
+        call,
+        lambda: None,
+        sink.close,
+        "merge_contextvars, add_log_level, format_exc_info, TimeStamper(iso, utc), JSONRenderer(orjson.dumps)",
+    )
+
+
+def _std_logger(name: str, handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def stdlib_peer() -> Peer:
+    jsonlogger = require_module("pythonjsonlogger.json", "python-json-logger")
+    sink = _devnull_text()
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(jsonlogger.JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logger = _std_logger("bench.stdlib", handler)
+
+    def call(i: int) -> None:
+        logger.info("order placed", extra={"order_id": i, "user": "alice", "amount": 42.5, "path": "/api/orders"})
+
+    def close() -> None:
+        handler.close()
+        sink.close()
+
+    return Peer(
+        "stdlib",
+        "stdlib logging + JSON formatter",
+        call,
+        lambda: None,
+        close,
+        "StreamHandler, python-json-logger JsonFormatter",
+    )
+
+
+def otel_peer(discard: bool = False) -> Peer:
+    try:
+        from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+        try:
+            from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter as InMemory
+        except ImportError:  # SDK < 1.39
+            from opentelemetry.sdk._logs.export import InMemoryLogExporter as InMemory  # type: ignore[no-redef]
+    except ImportError as exc:
+        raise Skip(f"opentelemetry-sdk logs API not available: {exc}") from None
+    from opentelemetry.sdk.resources import Resource
+
+    exporter = InMemory()
+    if discard:
+        import opentelemetry.sdk._logs.export as sdk_export
+
+        base = type(exporter).__mro__[1]  # the SDK's exporter base class
+        result = getattr(sdk_export, "LogRecordExportResult", None) or sdk_export.LogExportResult
+
+        class Discard(base):  # type: ignore[misc,valid-type]
+            def export(self, batch: Any) -> Any:
+                return result.SUCCESS
+
+            def shutdown(self) -> None:
+                pass
+
+            def force_flush(self, timeout_millis: int = 30000) -> bool:
+                return True
+
+        exporter = Discard()
+    provider = LoggerProvider(resource=Resource.create({"service.name": "bench"}))
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    handler = LoggingHandler(level=logging.NOTSET, logger_provider=provider)
+    logger = _std_logger("bench.otel-discard" if discard else "bench.otel", handler)
+
+    def call(i: int) -> None:
+        logger.info("order placed", extra={"order_id": i, "user": "alice", "amount": 42.5, "path": "/api/orders"})
+
+    def flush() -> None:
+        provider.force_flush()
+        if not discard:
+            exporter.clear()
+
+    def close() -> None:
+        provider.shutdown()
+
+    if discard:
+        return Peer(
+            "otel_discard",
+            "OpenTelemetry SDK LoggingHandler, discarding exporter",
+            call,
+            flush,
+            close,
+            "BatchLogRecordProcessor, exporter that discards each batch",
+        )
+    return Peer(
+        "otel", "OpenTelemetry SDK LoggingHandler", call, flush, close, "BatchLogRecordProcessor, in-memory exporter"
+    )
+
+
+def logstash_peer() -> Peer:
+    handler_mod = require_module("logstash_async.handler", "python-logstash-async")
+    transport_mod = require_module("logstash_async.transport", "python-logstash-async")
+
+    class NullTransport(transport_mod.Transport):  # type: ignore[misc,name-defined]
+        """Discards events: no Logstash server is involved."""
+
+        def __init__(self) -> None:
+            pass
+
+        def send(self, events: list[Any], **kwargs: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    handler = handler_mod.AsynchronousLogstashHandler("127.0.0.1", 5959, database_path=None, transport=NullTransport())
+    logger = _std_logger("bench.logstash", handler)
+
+    def call(i: int) -> None:
+        logger.info("order placed", extra={"order_id": i, "user": "alice", "amount": 42.5, "path": "/api/orders"})
+
+    def close() -> None:
+        handler.flush()
+        handler.shutdown()
+
+    return Peer(
+        "logstash",
+        "python-logstash-async handler",
+        call,
+        handler.flush,
+        close,
+        "AsynchronousLogstashHandler, in-memory cache, discarding transport",
+    )
+
+
+PEERS: dict[str, Callable[[], Peer]] = {
+    "logpipe": logpipe_peer,
+    "structlog": structlog_peer,
+    "stdlib": stdlib_peer,
+    "logpipe_purecrc": logpipe_pure_crc_peer,
+    "logpipe_discard": lambda: logpipe_discard_peer(),
+    "logpipe_confluent": logpipe_confluent_peer,
+    "otel": otel_peer,
+    "otel_discard": lambda: otel_peer(discard=True),
+    "logstash": logstash_peer,
+}
+BASELINE = "structlog"
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+def _timed(call: Callable[[int], Any], start: int, n: int, out: array) -> None:  # type: ignore[type-arg]
+    pc = time.perf_counter_ns
+    for j in range(n):
+        t0 = pc()
+        call(start + j)
+        out[j] = pc() - t0
+
+
+def _noop(i: int) -> None:
+    pass
+
+
+def timer_overhead(n: int = 20000) -> float:
+    """ns the loop and the two clock reads add to every sample (median of an empty call)."""
+    out = array("q", bytes(8 * n))
+    _timed(_noop, 0, n, out)
+    _timed(_noop, 0, n, out)
+    return float(sorted(out)[n // 2])
+
+
+@dataclass
+class RoundResult:
+    median: float
+    p99: float
+    p999: float
+    max: float
+    cpu_per_event: float  # ns of process CPU, all threads, flush included
+    wall_per_event: float  # ns of wall time, flush included
+
+
+def measure_round(peer: Peer, start: int, n: int, overhead: float) -> RoundResult:
+    out = array("q", bytes(8 * n))
+    gc.collect()
+    with peer.around() if peer.around is not None else contextlib.nullcontext():
+        cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
+        _timed(peer.log, start, n, out)
+        peer.flush()
+        cpu1, wall1 = time.process_time_ns(), time.perf_counter_ns()
+    s = sorted(out)
+    return RoundResult(
+        median=max(0.0, percentile(s, 50) - overhead),
+        p99=max(0.0, percentile(s, 99) - overhead),
+        p999=max(0.0, percentile(s, 99.9) - overhead),
+        max=float(s[-1]),
+        cpu_per_event=(cpu1 - cpu0) / n,
+        wall_per_event=(wall1 - wall0) / n,
+    )
+
+
+def measure(
+    factories: dict[str, Callable[[], Peer]], *, rounds: int, calls: int, warmup: int, say: Callable[[str], None]
+) -> tuple[dict[str, Peer], dict[str, str], dict[str, list[RoundResult]], float]:
+    """Run the peers in rotating order; returns peers, skip reasons, per-round results, overhead."""
+    peers: dict[str, Peer] = {}
+    skipped: dict[str, str] = {}
+    for key, make in factories.items():
+        try:
+            peers[key] = make()
+        except Skip as exc:
+            skipped[key] = str(exc)
+    overhead = timer_overhead()
+    results: dict[str, list[RoundResult]] = {k: [] for k in peers}
+    try:
+        for peer in peers.values():  # warm up: caches, worker threads, broker connection, topic metadata
+            for i in range(warmup):
+                peer.log(i)
+            peer.flush()
+        order = list(peers)
+        counter = warmup
+        for r in range(rounds):
+            rot = order[r % len(order) :] + order[: r % len(order)]
+            for key in rot:
+                results[key].append(measure_round(peers[key], counter, calls, overhead))
+                counter += calls
+            say(
+                f"call_cost round {r + 1}/{rounds}: "
+                + ", ".join(f"{k} {results[k][-1].median / 1000:.2f}us" for k in order)
+            )
+    finally:
+        for peer in peers.values():
+            try:
+                peer.close()
+            except Exception as exc:  # pragma: no cover - report, keep going
+                say(f"closing {peer.key}: {exc}")
+    return peers, skipped, results, overhead
+
+
+def analysis(figures: dict[str, dict[str, float]]) -> list[str]:
+    """What the figures say, in words (numbers from this run)."""
+    out = []
+    lp, sl = figures.get("logpipe"), figures.get("structlog")
+    ld, pc = figures.get("logpipe_discard"), figures.get("logpipe_purecrc")
+    if not (lp and sl and ld):
+        return out
+    out.append(
+        f"**Reading the rows.** logpipe's chain alone (discarding exporter) costs {fmt_num(ld['median_ns'])} ns a "
+        f"call, {fmt_ratio(ld['ratio'])} plain structlog: it does more than render JSON (OpenTelemetry trace context, "
+        f"the caller's FuncName from a stack walk, a UUIDv7, the queue). With the Kafka exporter the same call "
+        f"measures {fmt_num(lp['median_ns'])} ns ({fmt_ratio(lp['ratio'])}): logpipe's worker and kafka-python's "
+        f"sender are Python threads, and under the GIL their work interleaves with the application's, in the "
+        f"median call and more so in the tail (p99.9 {fmt_num(lp['p999_ns'])} ns). The process pays "
+        f"{fmt_num(lp['cpu_ns_per_event'])} ns of CPU per event with Kafka against {fmt_num(ld['cpu_ns_per_event'])} "
+        f"ns with the discarding exporter: the Kafka client is the dominant cost."
+    )
+    ck = figures.get("logpipe_confluent")
+    if ck:
+        out.append(
+            f"The same chain in front of an exporter on confluent-kafka (librdkafka's C threads do not hold the GIL; "
+            f"a prototype in bench/confluent_exporter.py, not part of logpipe) measures {fmt_num(ck['median_ns'])} ns "
+            f"a call ({fmt_ratio(ck['ratio'])}), p99 {fmt_num(ck['p99_ns'])} ns, and "
+            f"{fmt_num(ck['cpu_ns_per_event'])} ns of CPU per event."
+        )
+    if pc:
+        out.append(
+            f"Without the `crc32c` package kafka-python checksums every record batch in pure Python: the same "
+            f"pipeline then costs {fmt_num(pc['cpu_ns_per_event'])} ns of CPU per event instead of "
+            f"{fmt_num(lp['cpu_ns_per_event'])} ns ({pc['cpu_ns_per_event'] / lp['cpu_ns_per_event']:.1f}x)."
+        )
+    return out
+
+
+def run(ctx: Context, *, exporter: str | None = None, peers: list[str] | None = None) -> Section:
+    """*exporter*: ``kafka``, ``memory`` or ``auto`` (Kafka when a broker answers); default from
+    ``LOGPIPE_BENCH_CALL_EXPORTER``, else ``auto``."""
+    exporter = exporter or os.environ.get("LOGPIPE_BENCH_CALL_EXPORTER", "auto")
+    rounds, calls, warmup = (3, 1000, 500) if ctx.quick else (15, 10000, 5000)
+    chosen = {k: v for k, v in PEERS.items() if peers is None or k in peers}
+    if "logpipe" in chosen:
+        chosen["logpipe"] = lambda: logpipe_peer(exporter)
+    if "logpipe_purecrc" in chosen and exporter == "memory":
+
+        def no_kafka() -> Peer:
+            raise Skip("only with the Kafka exporter (LOGPIPE_BENCH_CALL_EXPORTER=memory)")
+
+        chosen["logpipe_purecrc"] = no_kafka
+        if "logpipe_confluent" in chosen:
+            chosen["logpipe_confluent"] = no_kafka
+    started = time.perf_counter()
+    live, skipped, results, overhead = measure(chosen, rounds=rounds, calls=calls, warmup=warmup, say=ctx.say)
+    section = Section(
+        key=KEY,
+        title=TITLE,
+        columns=[
+            "peer",
+            "median ns",
+            "p99 ns",
+            "p99.9 ns",
+            "ratio to structlog",
+            "ratio spread",
+            "CPU ns/event (all threads)",
+            "configuration",
+        ],
+        quick=ctx.quick,
+    )
+    base = results.get(BASELINE)
+    figures: dict[str, dict[str, float]] = {}
+    for key in chosen:
+        if key in skipped:
+            section.rows.append({"peer": key, "skipped": skipped[key], "configuration": skipped[key]})
+            continue
+        rr = results[key]
+        ratios = [a.median / b.median for a, b in zip(rr, base, strict=True)] if base else []
+        fig = {
+            "median_ns": median(r.median for r in rr),
+            "p99_ns": median(r.p99 for r in rr),
+            "p999_ns": median(r.p999 for r in rr),
+            "max_ns": max(r.max for r in rr),
+            "cpu_ns_per_event": median(r.cpu_per_event for r in rr),
+            "wall_ns_per_event": median(r.wall_per_event for r in rr),
+            "ratio": median(ratios) if ratios else float("nan"),
+        }
+        figures[key] = fig
+        section.rows.append(
+            {
+                "peer": live[key].label,
+                "key": key,
+                "median ns": fmt_num(fig["median_ns"]),
+                "p99 ns": fmt_num(fig["p99_ns"]),
+                "p99.9 ns": fmt_num(fig["p999_ns"]),
+                "ratio to structlog": fmt_ratio(fig["ratio"]),
+                "ratio spread": spread(ratios) if ratios and key != BASELINE else "-",
+                "CPU ns/event (all threads)": fmt_num(fig["cpu_ns_per_event"]),
+                "configuration": live[key].detail,
+                "median spread ns": spread([r.median for r in rr]),
+            }
+        )
+    section.extra = {
+        "figures": figures,
+        "rounds": rounds,
+        "calls_per_round": calls,
+        "timer_overhead_ns": overhead,
+        "per_round": {k: [vars(r) for r in v] for k, v in results.items()},
+    }
+    lp, sl = figures.get("logpipe"), figures.get("structlog")
+    otels = [f for k, f in figures.items() if k in ("otel", "otel_discard")]
+    ot = min(otels, key=lambda f: f["median_ns"]) if otels else None
+    if lp and sl:
+        ld_ratio = figures.get("logpipe_discard", {}).get("ratio")
+        alone = f" (chain alone, discarding exporter: {fmt_ratio(ld_ratio)})" if ld_ratio else ""
+        section.targets.append(
+            Target(
+                "one log call at most 1.5x plain structlog JSON (median of per-round ratios)",
+                fmt_ratio(lp["ratio"]) + alone,
+                lp["ratio"] <= 1.5,
+            )
+        )
+    if lp and ot:
+        section.targets.append(
+            Target(
+                "one log call cheaper than the OpenTelemetry handler path (median; the faster of its two variants)",
+                f"{fmt_num(lp['median_ns'])} ns vs {fmt_num(ot['median_ns'])} ns",
+                lp["median_ns"] < ot["median_ns"],
+            )
+        )
+    if lp:
+        ld = figures.get("logpipe_discard")
+        context = f" (chain alone, discarding exporter: {fmt_num(ld['p99_ns'] / 1000)} us)" if ld else ""
+        section.targets.append(
+            Target("p99 under 50 us", f"{fmt_num(lp['p99_ns'] / 1000)} us{context}", lp["p99_ns"] < 50_000)
+        )
+    section.notes.append(
+        f"{rounds} rounds of {calls:,} calls per peer, peers in rotating order; figures are the median over rounds "
+        f"(ratio spread: min-max of the per-round ratios). Timer and loop overhead ({overhead:.0f} ns, an empty "
+        f"call timed the same way) is subtracted. Every peer writes its JSON to /dev/null."
+    )
+    section.notes.extend(analysis(figures))
+    section.notes.append(
+        "CPU ns/event is the process CPU time of a round (every thread, the peer's flush included) divided by the "
+        "calls: what the application's process pays in total, including background workers that share the GIL."
+    )
+    section.seconds = time.perf_counter() - started
+    return section
