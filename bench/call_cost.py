@@ -93,6 +93,12 @@ def _devnull_text() -> Any:
     return open(os.devnull, "w")  # noqa: SIM115
 
 
+def delete_topic(topic: str) -> None:
+    from .kafka_throughput import _delete_topic
+
+    _delete_topic(topic)
+
+
 def build_pipeline(
     package: Any,
     exporter: Any,
@@ -147,8 +153,11 @@ def logpipe_peer(exporter: str = "auto", *, options: dict[str, Any] | None = Non
         detail = f"kafka exporter, acks=all, local broker, fallback {fallback}"
     else:
         pipeline = build_pipeline(logpipe, discard_exporter(logpipe), service="bench")
-        reason = "no broker" if not kafka_up() else "kafka exporter not registered"
-        if exporter == "memory":
+        if not kafka_up():
+            reason = "no broker"
+        elif not exporter_available("kafka"):
+            reason = "kafka exporter not registered"
+        else:
             reason = "LOGPIPE_BENCH_CALL_EXPORTER=memory"
         detail = f"discarding exporter ({reason}); the queueing is the same dispatcher"
     log = structlog.wrap_logger(
@@ -167,6 +176,8 @@ def logpipe_peer(exporter: str = "auto", *, options: dict[str, Any] | None = Non
     def close() -> None:
         pipeline.shutdown(10.0)
         sink.close()
+        if kafka:
+            delete_topic(topic)
 
     return Peer(
         "logpipe",
@@ -199,7 +210,8 @@ def logpipe_confluent_peer() -> Peer:
     from .confluent_exporter import make
 
     sink = _devnull_bytes()
-    pipeline = build_pipeline(logpipe, make(logpipe, KAFKA_BOOTSTRAP, unique("bench-callcost-ck")), service="bench")
+    topic = unique("bench-callcost-ck")
+    pipeline = build_pipeline(logpipe, make(logpipe, KAFKA_BOOTSTRAP, topic), service="bench")
     log = structlog.wrap_logger(
         structlog.BytesLogger(sink),
         processors=pipeline.processors(),
@@ -213,6 +225,7 @@ def logpipe_confluent_peer() -> Peer:
     def close() -> None:
         pipeline.shutdown(10.0)
         sink.close()
+        delete_topic(topic)
 
     return Peer(
         "logpipe_confluent",
@@ -504,6 +517,93 @@ def measure(
     return peers, skipped, results, overhead
 
 
+def peer_factories(exporter: str, peers: list[str] | None = None) -> dict[str, Callable[[], Peer]]:
+    """The peers to measure, by key; *exporter* as `run` takes it."""
+    chosen = {k: v for k, v in PEERS.items() if peers is None or k in peers}
+    if "logpipe" in chosen:
+        chosen["logpipe"] = lambda: logpipe_peer(exporter)
+    if exporter == "memory":
+
+        def no_kafka() -> Peer:
+            raise Skip("only with the Kafka exporter (LOGPIPE_BENCH_CALL_EXPORTER=memory)")
+
+        for key in ("logpipe_purecrc", "logpipe_confluent"):
+            if key in chosen:
+                chosen[key] = no_kafka
+    return chosen
+
+
+def measure_isolated(
+    keys: list[str], exporter: str, *, rounds: int, calls: int, warmup: int, say: Callable[[str], None]
+) -> tuple[dict[str, Peer], dict[str, str], dict[str, list[RoundResult]], float]:
+    """Like `measure`, but every round of every peer runs in a fresh process.
+
+    In one process the peers' background threads (Kafka clients, batch
+    workers) stay alive between their rounds, wake up now and then and take
+    the GIL during other peers' rounds, which adds to everyone's tail. Here a
+    round's process holds one peer only; rounds still alternate between peers.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from .common import REPO
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    peers: dict[str, Peer] = {}
+    skipped: dict[str, str] = {}
+    results: dict[str, list[RoundResult]] = {k: [] for k in keys}
+    overheads: list[float] = []
+    order = list(keys)
+    for r in range(rounds):
+        rot = order[r % len(order) :] + order[: r % len(order)]
+        for key in rot:
+            if key in skipped:
+                continue
+            cmd = [sys.executable, "-m", "bench.call_cost", "one", key, "--exporter", exporter,
+                   "--calls", str(calls), "--warmup", str(warmup)]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+            lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+            if done.returncode != 0 or not lines:
+                skipped[key] = f"failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
+                continue
+            answer = json.loads(lines[-1])
+            if "skipped" in answer:
+                skipped[key] = answer["skipped"]
+                continue
+            peers[key] = Peer(key, answer["label"], _noop, lambda: None, lambda: None, answer["detail"])
+            results[key].append(RoundResult(**answer["result"]))
+            overheads.append(answer["overhead"])
+        say(
+            f"call_cost round {r + 1}/{rounds}: "
+            + ", ".join(f"{k} {results[k][-1].median / 1000:.2f}us" for k in order if k not in skipped)
+        )
+    for key in skipped:
+        results.pop(key, None)
+    return peers, skipped, results, median(overheads)
+
+
+def one(key: str, exporter: str, calls: int, warmup: int) -> int:
+    """A child of `measure_isolated`: one round of one peer, as a JSON line on stdout."""
+    import json
+
+    try:
+        peer = peer_factories(exporter, [key])[key]()
+    except Skip as exc:
+        print(json.dumps({"skipped": str(exc)}))
+        return 0
+    try:
+        overhead = timer_overhead()
+        for i in range(warmup):
+            peer.log(i)
+        peer.flush()
+        result = measure_round(peer, warmup, calls, overhead)
+    finally:
+        peer.close()
+    print(json.dumps({"label": peer.label, "detail": peer.detail, "result": vars(result), "overhead": overhead}))
+    return 0
+
+
 def analysis(figures: dict[str, dict[str, float]]) -> list[str]:
     """What the figures say, in words (numbers from this run)."""
     out = []
@@ -538,24 +638,25 @@ def analysis(figures: dict[str, dict[str, float]]) -> list[str]:
     return out
 
 
-def run(ctx: Context, *, exporter: str | None = None, peers: list[str] | None = None) -> Section:
+def run(
+    ctx: Context, *, exporter: str | None = None, peers: list[str] | None = None, isolate: bool | None = None
+) -> Section:
     """*exporter*: ``kafka``, ``memory`` or ``auto`` (Kafka when a broker answers); default from
     ``LOGPIPE_BENCH_CALL_EXPORTER``, else ``auto``."""
     exporter = exporter or os.environ.get("LOGPIPE_BENCH_CALL_EXPORTER", "auto")
+    if exporter == "auto":
+        exporter = "kafka" if kafka_up() and exporter_available("kafka") else "memory"
     rounds, calls, warmup = (3, 1000, 500) if ctx.quick else (15, 10000, 5000)
-    chosen = {k: v for k, v in PEERS.items() if peers is None or k in peers}
-    if "logpipe" in chosen:
-        chosen["logpipe"] = lambda: logpipe_peer(exporter)
-    if "logpipe_purecrc" in chosen and exporter == "memory":
-
-        def no_kafka() -> Peer:
-            raise Skip("only with the Kafka exporter (LOGPIPE_BENCH_CALL_EXPORTER=memory)")
-
-        chosen["logpipe_purecrc"] = no_kafka
-        if "logpipe_confluent" in chosen:
-            chosen["logpipe_confluent"] = no_kafka
+    chosen = peer_factories(exporter, peers)
     started = time.perf_counter()
-    live, skipped, results, overhead = measure(chosen, rounds=rounds, calls=calls, warmup=warmup, say=ctx.say)
+    if isolate is None:
+        isolate = not ctx.quick
+    if isolate:
+        live, skipped, results, overhead = measure_isolated(
+            list(chosen), exporter, rounds=rounds, calls=calls, warmup=warmup, say=ctx.say
+        )
+    else:
+        live, skipped, results, overhead = measure(chosen, rounds=rounds, calls=calls, warmup=warmup, say=ctx.say)
     section = Section(
         key=KEY,
         title=TITLE,
@@ -642,6 +743,13 @@ def run(ctx: Context, *, exporter: str | None = None, peers: list[str] | None = 
         f"(ratio spread: min-max of the per-round ratios). Timer and loop overhead ({overhead:.0f} ns, an empty "
         f"call timed the same way) is subtracted. Every peer writes its JSON to /dev/null."
     )
+    if isolate:
+        section.notes.append(
+            "Every round of every peer runs in a fresh process (set up, warmed up with "
+            f"{warmup:,} calls, then timed): in one shared process the peers' background threads (Kafka clients, "
+            "batch workers) stay alive between their rounds and take the GIL during other peers' rounds, which "
+            "would add to everyone's tail."
+        )
     section.notes.extend(analysis(figures))
     section.notes.append(
         "CPU ns/event is the process CPU time of a round (every thread, the peer's flush included) divided by the "
@@ -649,3 +757,18 @@ def run(ctx: Context, *, exporter: str | None = None, peers: list[str] | None = 
     )
     section.seconds = time.perf_counter() - started
     return section
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="one round of one peer (used by measure_isolated)")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    o = sub.add_parser("one")
+    o.add_argument("key")
+    o.add_argument("--exporter", default="auto")
+    o.add_argument("--calls", type=int, default=10000)
+    o.add_argument("--warmup", type=int, default=5000)
+    a = parser.parse_args()
+    sys.exit(one(a.key, a.exporter, a.calls, a.warmup))

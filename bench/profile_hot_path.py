@@ -235,7 +235,7 @@ def fixes_note() -> str:
     if diff.returncode != 0 or not diff.stdout.strip():
         return f"The fixes this profile found are commit {after}."
     return (
-        f"**The fixes.** The first profile of the chain (table above, then on {before}) showed no single dominant "
+        f"**The fixes.** Profiled on {before}, before these fixes, the chain showed no single dominant "
         "function but many small per-call costs, each removable without a change in behaviour: `Condition.notify` "
         "on every call once the queue passed a batch (the worker waits for the GIL), orjson's slower dict path for "
         "`OPT_NON_STR_KEYS` on every record, the named tuple's Python-level `__new__`, `format_time`'s dispatch on "
@@ -323,7 +323,7 @@ def run(ctx: Context) -> Section:
                 "median ns": fmt_num(fig["median_ns"]),
                 "p99 ns": fmt_num(fig["p99_ns"]),
                 "ratio to structlog": fmt_ratio(fig["ratio"]),
-                "ratio spread": spread(ratios),
+                "ratio spread": spread(ratios) if key != "structlog" else "-",
                 "change vs the row above": "-" if not step else f"{fig['step_ns']:+.0f} ns",
             }
         )
