@@ -19,10 +19,12 @@ when Elasticsearch is not used.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -448,6 +450,40 @@ def bulk_create(
             break
     items = [results.get(p) or ItemResult(p, docs[p].index, None, error) for p in range(len(docs))]
     return BulkOutcome(items, error if any(i.status is None for i in items) else None, time.monotonic() - started)
+
+
+def bulk_create_concurrently(
+    client: Elasticsearch,
+    docs: Sequence[BulkDoc],
+    options: ElasticsearchOptions,
+    concurrency: int,
+    *,
+    wait: Callable[[float], object] = time.sleep,
+) -> BulkOutcome:
+    """`bulk_create` with *concurrency* bulk requests in flight, as ``parallel_bulk`` does.
+
+    One request at a time leaves Elasticsearch idle while each answer travels
+    back; several keep it busy. *docs* are cut into contiguous slices sent from
+    worker threads, each without logpipe's own retries (``max_retries=0``), so
+    waiting and retrying stays with the caller's thread: the shipper's *wait*
+    keeps polling Kafka, which is not thread-safe. Positions in the outcome are
+    those of *docs*, as with `bulk_create`.
+    """
+    if concurrency <= 1 or len(docs) <= options.chunk_size:
+        return bulk_create(client, docs, options, wait=wait)
+    size = max(options.chunk_size, -(-len(docs) // concurrency))
+    starts = range(0, len(docs), size)
+    once = dataclasses.replace(options, max_retries=0)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(starts), thread_name_prefix="logpipe-bulk") as pool:
+        outcomes = list(pool.map(lambda start: bulk_create(client, docs[start : start + size], once), starts))
+    items = [
+        dataclasses.replace(item, position=item.position + start)
+        for start, outcome in zip(starts, outcomes, strict=True)
+        for item in outcome.items
+    ]
+    error = next((o.error for o in outcomes if o.error), None)
+    return BulkOutcome(items, error, time.monotonic() - started)
 
 
 def _actions(docs: Sequence[BulkDoc], positions: Sequence[int]) -> Iterator[tuple[dict[str, Any], bytes]]:

@@ -96,7 +96,12 @@ class ShipOptions:
     index_prefix: str | None = setting(
         None, "Index prefix (default: LOGPIPE_ELASTICSEARCH_INDEX_PREFIX).", check=_optional_prefix
     )
-    batch_size: int = setting(500, "Most messages shipped (and committed) together.", check=at_least(1))
+    batch_size: int = setting(2000, "Most messages shipped (and committed) together.", check=at_least(1))
+    concurrency: int = setting(
+        2,
+        "Bulk requests in flight at once while a batch is indexed (elasticsearch-py's parallel_bulk).",
+        check=at_least(1),
+    )
     batch_max_wait: float = setting(
         1.0, "Seconds the first message of a batch waits for the batch to fill.", check=at_least(0)
     )
@@ -360,7 +365,9 @@ class Shipper:
         pending = list(range(len(docs)))
         delay = self.es_options.backoff
         while pending:
-            outcome = es.bulk_create(self._client, [docs[i] for i in pending], self.es_options, wait=self._wait)
+            outcome = es.bulk_create_concurrently(
+                self._client, [docs[i] for i in pending], self.es_options, self.options.concurrency, wait=self._wait
+            )
             self.stats.indexed += outcome.created
             self.stats.duplicates += outcome.duplicates
             for item in outcome.rejected:

@@ -31,6 +31,7 @@ _FLAGS = {
     "index_prefix": "--index-prefix",
     "batch_size": "--batch-size",
     "batch_max_wait": "--batch-max-wait",
+    "concurrency": "--concurrency",
     "max_message_bytes": "--max-message-bytes",
     "dead_letter": "--dead-letter",
     "shutdown_timeout": "--shutdown-timeout",
@@ -61,7 +62,8 @@ _FLAGS = {
     "--index-prefix",
     help="Daily indices <prefix>-YYYY.MM.dd [LOGPIPE_SHIP_INDEX_PREFIX, else LOGPIPE_ELASTICSEARCH_INDEX_PREFIX].",
 )
-@click.option("--batch-size", type=int, help="Messages per bulk + commit (default 500) [LOGPIPE_SHIP_BATCH_SIZE].")
+@click.option("--batch-size", type=int, help="Messages per bulk + commit (default 2000) [LOGPIPE_SHIP_BATCH_SIZE].")
+@click.option("--concurrency", type=int, help="Bulk requests in flight at once (default 2) [LOGPIPE_SHIP_CONCURRENCY].")
 @click.option(
     "--batch-max-wait", type=float, help="Seconds a batch may wait to fill (default 1.0) [LOGPIPE_SHIP_BATCH_MAX_WAIT]."
 )
