@@ -137,7 +137,6 @@ def discard_exporter(package: Any) -> Any:
 
 
 def logpipe_peer(exporter: str = "auto", *, options: dict[str, Any] | None = None) -> Peer:
-    import structlog
 
     import logpipe
 
@@ -160,15 +159,7 @@ def logpipe_peer(exporter: str = "auto", *, options: dict[str, Any] | None = Non
         else:
             reason = "LOGPIPE_BENCH_CALL_EXPORTER=memory"
         detail = f"discarding exporter ({reason}); the queueing is the same dispatcher"
-    log = structlog.wrap_logger(
-        structlog.BytesLogger(sink),
-        processors=pipeline.processors(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
-
-    def call(i: int) -> None:
-        log.info("order placed", order_id=i, user="alice", amount=42.5, path="/api/orders")
+    call = logpipe_call(pipeline, sink)
 
     def flush() -> None:
         pipeline.force_flush(30.0)
@@ -200,7 +191,6 @@ def logpipe_discard_peer() -> Peer:
 
 def logpipe_confluent_peer() -> Peer:
     """The chain and queue in front of the confluent-kafka exporter prototype (bench/confluent_exporter.py)."""
-    import structlog
 
     import logpipe
 
@@ -212,15 +202,7 @@ def logpipe_confluent_peer() -> Peer:
     sink = _devnull_bytes()
     topic = unique("bench-callcost-ck")
     pipeline = build_pipeline(logpipe, make(logpipe, KAFKA_BOOTSTRAP, topic), service="bench")
-    log = structlog.wrap_logger(
-        structlog.BytesLogger(sink),
-        processors=pipeline.processors(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
-
-    def call(i: int) -> None:
-        log.info("order placed", order_id=i, user="alice", amount=42.5, path="/api/orders")
+    call = logpipe_call(pipeline, sink)
 
     def close() -> None:
         pipeline.shutdown(10.0)
@@ -772,3 +754,20 @@ if __name__ == "__main__":
     o.add_argument("--warmup", type=int, default=5000)
     a = parser.parse_args()
     sys.exit(one(a.key, a.exporter, a.calls, a.warmup))
+
+
+def logpipe_call(pipeline: Any, sink: Any) -> Callable[[int], None]:
+    """One log call through *pipeline*'s chain, the local JSON going to *sink* (every logpipe peer's call)."""
+    import structlog
+
+    log = structlog.wrap_logger(
+        structlog.BytesLogger(sink),
+        processors=pipeline.processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=True,
+    )
+
+    def call(i: int) -> None:
+        log.info("order placed", order_id=i, user="alice", amount=42.5, path="/api/orders")
+
+    return call

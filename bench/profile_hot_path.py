@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import logging
 import os
 import shutil
 import subprocess
@@ -112,19 +111,10 @@ def load_variant(name: str, patches: list[Path], workdir: Path) -> ModuleType:
 
 def chain_peer(mod: Any, key: str, label: str) -> Peer:
     """The logpipe chain of package *mod* to the discarding exporter, like call_cost's logpipe peer."""
-    import structlog
 
     pipeline = call_cost.build_pipeline(mod, call_cost.discard_exporter(mod), service="bench")
     sink = open(os.devnull, "wb")  # noqa: SIM115
-    log = structlog.wrap_logger(
-        structlog.BytesLogger(sink),
-        processors=pipeline.processors(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
-
-    def call(i: int) -> None:
-        log.info("order placed", order_id=i, user="alice", amount=42.5, path="/api/orders")
+    call = call_cost.logpipe_call(pipeline, sink)
 
     def flush() -> None:
         pipeline.force_flush(30.0)
