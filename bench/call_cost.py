@@ -58,6 +58,7 @@ from .common import (
     fmt_ratio,
     kafka_up,
     median,
+    null_logger,
     percentile,
     require_module,
     spread,
@@ -757,15 +758,8 @@ if __name__ == "__main__":
 
 
 def logpipe_call(pipeline: Any, sink: Any) -> Callable[[int], None]:
-    """One log call through *pipeline*'s chain, the local JSON going to *sink* (every logpipe peer's call)."""
-    import structlog
-
-    log = structlog.wrap_logger(
-        structlog.BytesLogger(sink),
-        processors=pipeline.processors(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
+    """One log call through *pipeline*'s chain, its local JSON going to *sink* (every logpipe peer's call)."""
+    log = null_logger(pipeline.processors(), sink)
 
     def call(i: int) -> None:
         log.info("order placed", order_id=i, user="alice", amount=42.5, path="/api/orders")

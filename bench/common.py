@@ -316,3 +316,22 @@ def sample_payloads(n: int, size: int = 300) -> list[bytes]:
         )
         out.append(rec.payload)
     return out
+
+
+def null_logger(processors: Any, sink: Any = None) -> Any:
+    """A cached structlog logger running *processors*, writing its local output to *sink* (/dev/null).
+
+    The logger every logpipe measurement logs through: the same wrapper, level filter and sink.
+    """
+    import logging
+
+    import structlog
+
+    if sink is None:
+        sink = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as the logger (the process)
+    return structlog.wrap_logger(
+        structlog.BytesLogger(sink),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=True,
+    )

@@ -40,6 +40,7 @@ from .common import (
     exporter_available,
     fmt_num,
     median,
+    null_logger,
     percentile,
     require_es,
     require_kafka,
@@ -55,9 +56,6 @@ POLL = 0.05
 
 
 def app(args: argparse.Namespace) -> int:
-    import logging
-
-    import structlog
 
     import logpipe
 
@@ -71,13 +69,7 @@ def app(args: argparse.Namespace) -> int:
     )
     pipeline = logpipe.current()
     assert pipeline is not None
-    sink = open(os.devnull, "wb")  # noqa: SIM115
-    log = structlog.wrap_logger(
-        structlog.BytesLogger(sink),
-        processors=procs,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
+    log = null_logger(procs)
     per_tick = max(1, round(args.rate / 100))
     n = int(args.rate * args.duration)
     times: list[float] = []

@@ -37,6 +37,7 @@ from .common import (
     Target,
     exporter_available,
     median,
+    null_logger,
     require_module,
     unique,
 )
@@ -52,9 +53,6 @@ STATE = REPO / ".services" / "bench-outage"
 
 def child(args: argparse.Namespace) -> int:
     """The application: log at *rate* for *duration* seconds, report once a second on stdout."""
-    import logging
-
-    import structlog
 
     import logpipe
 
@@ -82,13 +80,7 @@ def child(args: argparse.Namespace) -> int:
     assert pipeline is not None
     dispatcher = pipeline.dispatchers[0]
     spool = getattr(dispatcher.fallback, "inner", dispatcher.fallback)
-    sink = open(os.devnull, "wb")  # noqa: SIM115
-    log = structlog.wrap_logger(
-        structlog.BytesLogger(sink),
-        processors=procs,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
+    log = null_logger(procs)
     per_tick = max(1, round(args.rate / 100))
     pc = time.perf_counter_ns
     start = time.monotonic()
