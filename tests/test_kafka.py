@@ -213,8 +213,10 @@ def test_forked_child_makes_its_own_producer(broker: Service, tmp_path: Path) ->
     topic = unique_topic("fork")
     pipeline = logpipe.configure(
         exporter="kafka",
-        exporter_options={"kafka": {"bootstrap_servers": broker.address, "topic": topic},
-                          "spool": {"dir": tmp_path / "spool"}},
+        exporter_options={
+            "kafka": {"bootstrap_servers": broker.address, "topic": topic},
+            "spool": {"dir": tmp_path / "spool"},
+        },
         local_render="none",
     )
     structlog.configure(processors=pipeline.processors())
@@ -240,22 +242,27 @@ def test_forked_child_makes_its_own_producer(broker: Service, tmp_path: Path) ->
     assert msgs == ["child"] * 5 + ["parent after fork", "parent before fork"]
 
 
+def kafka_with_spool(broker: Service, topic: str, spool_dir: Path) -> tuple[logpipe.Pipeline, Any]:
+    """structlog configured to log into *topic*, spooling to *spool_dir* (replayed every 0.2 s)."""
+    pipeline = logpipe.configure(
+        exporter="kafka",
+        exporter_options={
+            "kafka": {"bootstrap_servers": broker.address, "topic": topic},
+            "spool": {"dir": spool_dir, "replay_interval": 0.2},
+        },
+        local_render="none",
+    )
+    structlog.configure(processors=pipeline.processors())
+    return pipeline, structlog.get_logger()
+
+
 @pytest.mark.kafka
 def test_broker_down_at_start_spools_then_replays_everything(broker: Service, tmp_path: Path) -> None:
     """Broker down before the first log call: every record lands in the spool, then reaches Kafka once."""
     n = 2_000
     topic = unique_topic("down-at-start")
     broker.stop()
-    pipeline = logpipe.configure(
-        exporter="kafka",
-        exporter_options={
-            "kafka": {"bootstrap_servers": broker.address, "topic": topic},
-            "spool": {"dir": tmp_path / "spool", "replay_interval": 0.2},
-        },
-        local_render="none",
-    )
-    structlog.configure(processors=pipeline.processors())
-    log = structlog.get_logger()
+    pipeline, log = kafka_with_spool(broker, topic, tmp_path / "spool")
     for i in range(n):
         log.info("while the broker is down", n=i)
     assert logpipe.flush(30)
@@ -277,23 +284,15 @@ def test_broker_down_at_start_spools_then_replays_everything(broker: Service, tm
     assert sum(counts.values()) == n  # and, with no outage during replay, none twice
 
 
-def run_through_outage(broker: Service, tmp_path: Path, *, n: int, rate: float, down_after: int,
-                       down_for: float) -> dict[str, Any]:
+def run_through_outage(
+    broker: Service, tmp_path: Path, *, n: int, rate: float, down_after: int, down_for: float
+) -> dict[str, Any]:
     """Log *n* records at *rate*/s; a thread stops the broker after *down_after* records and restarts it.
 
     Returns the log-call latencies, the outage window and the consumed messages.
     """
     topic = unique_topic("outage")
-    pipeline = logpipe.configure(
-        exporter="kafka",
-        exporter_options={
-            "kafka": {"bootstrap_servers": broker.address, "topic": topic},
-            "spool": {"dir": tmp_path / "spool", "replay_interval": 0.2},
-        },
-        local_render="none",
-    )
-    structlog.configure(processors=pipeline.processors())
-    log = structlog.get_logger()
+    pipeline, log = kafka_with_spool(broker, topic, tmp_path / "spool")
     reached = threading.Event()
     window: dict[str, float] = {}
     errors: list[BaseException] = []
@@ -329,9 +328,7 @@ def run_through_outage(broker: Service, tmp_path: Path, *, n: int, rate: float, 
     assert not chaos.is_alive()
     assert logpipe.flush(30)
     spool = spool_of(pipeline)
-    wait_until(
-        lambda: spool.stats().pending_bytes == 0 and pipeline.stats()["kafka"].queued == 0, timeout=90
-    )
+    wait_until(lambda: spool.stats().pending_bytes == 0 and pipeline.stats()["kafka"].queued == 0, timeout=90)
     stats = pipeline.stats()["kafka"]
     messages = consume_all(broker.address, topic)
     return {
