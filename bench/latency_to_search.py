@@ -159,26 +159,11 @@ def run_path(path: str, rate: int, duration: float, say: Any) -> dict[str, Any]:
     try:
         if path == "kafka":
             create_topic(topic)
-            from .ship_throughput import logpipe_command
+            from .ship_throughput import ship_command
 
             env = {**os.environ, "LOGPIPE_ELASTICSEARCH_REPLICAS": "0"}
             ship = subprocess.Popen(
-                logpipe_command()
-                + [
-                    "ship",
-                    "-b",
-                    KAFKA_BOOTSTRAP,
-                    "-t",
-                    topic,
-                    "--group",
-                    unique("bench-lat-group"),
-                    "--es-hosts",
-                    ES_URL,
-                    "--index-prefix",
-                    prefix,
-                    "--status-interval",
-                    "0.5",
-                ],
+                ship_command(topic, unique("bench-lat-group"), prefix),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,

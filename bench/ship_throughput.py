@@ -139,18 +139,9 @@ def logpipe_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from logpipe.cli import main; sys.exit(main())"]
 
 
-_INDEXED = re.compile(r"indexed=(\d+) duplicates=(\d+) dead_lettered=(\d+)")
-_RATE = re.compile(r"rate=(\d+) msg/s \(first to last message\)")
-
-
-def run_ship(
-    records: list[Any], topic: str, timeout: float = 900.0, extra: list[str] | None = None
-) -> tuple[float, int]:
-    prefix = unique("bench-ship")
-    group = unique("bench-ship-group")
-    client = prepare_indices(prefix)  # the shipper installs it too; created here so drop() finds it
-    n = len(records)
-    cmd = logpipe_command() + [
+def ship_command(topic: str, group: str, prefix: str, *extra: str) -> list[str]:
+    """`logpipe ship` from the bench's Kafka topic to its Elasticsearch node, as every workload runs it."""
+    return logpipe_command() + [
         "ship",
         "-b",
         KAFKA_BOOTSTRAP,
@@ -164,8 +155,22 @@ def run_ship(
         prefix,
         "--status-interval",
         "0.5",
-        *(extra or []),
+        *extra,
     ]
+
+
+_INDEXED = re.compile(r"indexed=(\d+) duplicates=(\d+) dead_lettered=(\d+)")
+_RATE = re.compile(r"rate=(\d+) msg/s \(first to last message\)")
+
+
+def run_ship(
+    records: list[Any], topic: str, timeout: float = 900.0, extra: list[str] | None = None
+) -> tuple[float, int]:
+    prefix = unique("bench-ship")
+    group = unique("bench-ship-group")
+    client = prepare_indices(prefix)  # the shipper installs it too; created here so drop() finds it
+    n = len(records)
+    cmd = ship_command(topic, group, prefix, *(extra or []))
     env = {**os.environ, "LOGPIPE_ELASTICSEARCH_REPLICAS": "0", "LOGPIPE_ELASTICSEARCH_CHUNK_SIZE": str(CHUNK)}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     done = threading.Event()
