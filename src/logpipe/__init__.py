@@ -14,7 +14,7 @@ from __future__ import annotations
 from .config import Settings
 from .dispatch import Dispatcher, DispatchStats
 from .exceptions import ConfigError
-from .exporters.base import Exporter, ExportResult, PartialFailure
+from .exporters.base import Exporter, ExportResult, PartialFailure, Pending
 from .pipeline import Pipeline, configure, current, flush, processors, send, shutdown, stats
 from .record import KafkaLog, Record, error, info, make_record
 
@@ -26,6 +26,7 @@ __all__ = [
     "Exporter",
     "KafkaLog",
     "PartialFailure",
+    "Pending",
     "Pipeline",
     "Record",
     "Settings",

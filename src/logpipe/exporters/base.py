@@ -12,11 +12,11 @@ import enum
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from ..record import Record
 
-__all__ = ["ExportResult", "Exporter", "NoOptions", "PartialFailure", "Serialized"]
+__all__ = ["ExportResult", "Exporter", "NoOptions", "PartialFailure", "Pending", "Serialized"]
 
 
 class ExportResult(enum.Enum):
@@ -36,6 +36,24 @@ class PartialFailure:
     failed: Sequence[Record]
 
 
+class Pending(Protocol):
+    """A batch handed to `Exporter.begin` whose outcome is not known yet."""
+
+    def wait(self) -> ExportResult | PartialFailure:
+        """Block until the batch is delivered or given up on; its outcome, as `export` returns it."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A `Pending` whose outcome was known when it was made (the synchronous default)."""
+
+    outcome: ExportResult | PartialFailure
+
+    def wait(self) -> ExportResult | PartialFailure:
+        return self.outcome
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """Settings of an exporter that has none."""
@@ -53,6 +71,13 @@ class Exporter(abc.ABC):
     `ExportResult.FAILURE`; an exporter should still retry transient errors
     itself, within its own budget, before giving up on a batch.
 
+    Pipelining: an exporter whose client can have several batches on the wire
+    (Kafka's producer keeps sending while earlier batches await their
+    acknowledgements) overrides `begin` and sets `max_in_flight` above 1. The
+    dispatcher then begins up to that many batches before it waits for the
+    oldest, and waits for them in the order begun, so delivery counters and
+    the fallback hand-over stay exact while the network stays busy.
+
     Exporters survive ``os.fork``: the dispatcher calls `after_fork` in the
     child, before the child's first export, so connections are re-made there.
     """
@@ -65,9 +90,20 @@ class Exporter(abc.ABC):
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
 
+    #: Batches the dispatcher may have begun and not yet waited for.
+    max_in_flight: int = 1
+
     @abc.abstractmethod
     def export(self, batch: Sequence[Record]) -> ExportResult | PartialFailure:
         """Deliver *batch*, in order."""
+
+    def begin(self, batch: Sequence[Record]) -> Pending:
+        """Start delivering *batch*; ``wait()`` on the result gives its outcome.
+
+        The default exports at once. Exceptions from `begin` or ``wait`` count
+        as `ExportResult.FAILURE` for the whole batch.
+        """
+        return _Done(self.export(batch))
 
     def force_flush(self, timeout: float = 10.0) -> bool:
         """Push out anything buffered; True when done within *timeout* seconds."""
