@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -16,7 +19,7 @@ from conftest import wait_until
 from logpipe import record
 from logpipe.dispatch import Dispatcher, DispatchStats
 from logpipe.exceptions import ConfigError
-from logpipe.exporters.base import Exporter, ExportResult, PartialFailure
+from logpipe.exporters.base import Exporter, ExportResult, PartialFailure, Pending
 from logpipe.testing import InMemoryExporter
 
 
@@ -228,6 +231,130 @@ def run_python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[
 
 def file_ids(path: Path) -> list[str]:
     return [orjson.loads(line)["Id"] for line in path.read_bytes().splitlines()]
+
+
+class PipelinedExporter(InMemoryExporter):
+    """Begins batches at once and completes each only when the test releases it.
+
+    Records what the dispatcher does: how many batches were begun and not yet
+    waited for at most, and in which order outcomes were collected.
+    """
+
+    def __init__(self, window: int, fail_batches: frozenset[int] = frozenset()) -> None:
+        super().__init__()
+        self.max_in_flight = window
+        self.fail_batches = fail_batches
+        self.begun: list[list[record.Record]] = []
+        self.waited: list[int] = []
+        self.outstanding = 0
+        self.most_outstanding = 0
+        self.release = threading.Semaphore(0)
+
+    def begin(self, batch: Sequence[record.Record]) -> Pending:
+        number = len(self.begun)
+        self.begun.append(list(batch))
+        self.outstanding += 1
+        self.most_outstanding = max(self.most_outstanding, self.outstanding)
+        return _Ticket(self, number, list(batch))
+
+
+@dataclass
+class _Ticket:
+    exporter: PipelinedExporter
+    number: int
+    batch: list[record.Record]
+
+    def wait(self) -> ExportResult | PartialFailure:
+        assert self.exporter.release.acquire(timeout=10), "the test never released this batch"
+        self.exporter.outstanding -= 1
+        self.exporter.waited.append(self.number)
+        if self.number in self.exporter.fail_batches:
+            return ExportResult.FAILURE
+        with self.exporter._lock:
+            self.exporter.records.extend(self.batch)
+        return ExportResult.SUCCESS
+
+
+class TestPipelining:
+    def test_full_batches_are_begun_up_to_the_window_before_the_oldest_is_waited_for(self) -> None:
+        """With max_in_flight=3 three full batches go out while none is acknowledged, never a fourth."""
+        exporter = PipelinedExporter(window=3)
+        d = Dispatcher(exporter, batch_size=10, batch_delay=0.01, queue_size=1000)
+        for r in records(100):
+            d.submit(r)
+        wait_until(lambda: len(exporter.begun) == 3, 5)
+        s = d.stats()
+        assert s.in_flight == 30 and s.queued == 70 and balanced(s)
+        assert exporter.waited == []
+        for _ in range(10):
+            exporter.release.release()
+        assert d.force_flush(5.0)
+        assert exporter.most_outstanding == 3
+        assert exporter.waited == list(range(10)), "outcomes are collected oldest first"
+        assert exporter.ids() == [r.id for r in records_of(exporter.begun)]
+        s = d.stats()
+        assert (s.sent, s.in_flight, s.queued) == (100, 0, 0) and balanced(s)
+        d.shutdown(5.0)
+
+    def test_failed_batch_in_the_window_goes_to_the_fallback_alone(self) -> None:
+        """The middle batch fails while its neighbours succeed: exactly its records are spilled."""
+        exporter = PipelinedExporter(window=3, fail_batches=frozenset({1}))
+        fallback = InMemoryExporter()
+        d = Dispatcher(exporter, fallback=fallback, batch_size=10, batch_delay=0.01)
+        batch = records(30)
+        for r in batch:
+            d.submit(r)
+        wait_until(lambda: len(exporter.begun) == 3, 5)
+        for _ in range(3):
+            exporter.release.release()
+        assert d.force_flush(5.0)
+        assert fallback.ids() == [r.id for r in batch[10:20]]
+        assert exporter.ids() == [r.id for r in batch[:10] + batch[20:]]
+        s = d.stats()
+        assert (s.sent, s.spilled) == (20, 10) and balanced(s)
+        d.shutdown(5.0)
+
+    def test_a_trickle_is_not_held_behind_the_window(self) -> None:
+        """A partial batch is begun once nothing is in flight, without a flush."""
+        exporter = PipelinedExporter(window=3)
+        d = Dispatcher(exporter, batch_size=100, batch_delay=0.01)
+        d.submit(record.info("lonely", "t.f"))
+        wait_until(lambda: len(exporter.begun) == 1, 5)
+        exporter.release.release()
+        wait_until(lambda: d.stats().sent == 1, 5)
+        d.shutdown(5.0)
+
+    def test_shutdown_waits_for_every_batch_in_flight(self) -> None:
+        exporter = PipelinedExporter(window=2)
+        d = Dispatcher(exporter, batch_size=5, batch_delay=0.01)
+        for r in records(20):
+            d.submit(r)
+        wait_until(lambda: len(exporter.begun) == 2, 5)
+        for _ in range(4):
+            exporter.release.release()
+        d.shutdown(5.0)
+        s = d.stats()
+        assert (s.sent, s.in_flight, s.queued) == (20, 0, 0) and balanced(s)
+
+    def test_begin_raising_counts_as_a_failed_batch(self) -> None:
+        class Broken(InMemoryExporter):
+            max_in_flight = 2
+
+            def begin(self, batch: Sequence[record.Record]) -> Pending:
+                raise RuntimeError("client exploded")
+
+        fallback = InMemoryExporter()
+        d = Dispatcher(Broken(), fallback=fallback, batch_size=5, batch_delay=0.01)
+        for r in records(12):
+            d.submit(r)
+        assert d.force_flush(5.0)
+        s = d.stats()
+        assert (s.sent, s.spilled) == (0, 12) and balanced(s)
+        d.shutdown(5.0)
+
+
+def records_of(batches: list[list[record.Record]]) -> list[record.Record]:
+    return [r for b in batches for r in b]
 
 
 class TestProcessLifecycle:

@@ -188,6 +188,28 @@ def test_round_trip_through_structlog(broker: Service) -> None:
 
 
 @pytest.mark.kafka
+def test_pipelined_batches_keep_their_order(broker: Service) -> None:
+    """Several batches in flight at once: every record once, in submission order within the partition."""
+    topic = unique_topic("pipelined")
+    exporter = KafkaExporter(
+        KafkaOptions(bootstrap_servers=broker.address, topic=topic, key="service", in_flight_batches=4)
+    )
+    dispatcher = logpipe.Dispatcher(exporter, batch_size=100, batch_delay=0.01, queue_size=10_000)
+    sent = [info(f"m{i}", "f", {"i": i}, service="ordered") for i in range(5_000)]
+    try:
+        for r in sent:
+            assert dispatcher.submit(r)
+        assert dispatcher.force_flush(60)
+        stats = dispatcher.stats()
+        assert (stats.sent, stats.failed, stats.spilled) == (5_000, 0, 0)
+    finally:
+        dispatcher.shutdown(10)
+    messages = consume_all(broker.address, topic)
+    assert len({m.partition for m in messages}) == 1  # one key, one partition
+    assert [m.headers[-1][1].decode() for m in sorted(messages, key=lambda m: m.offset)] == [r.id for r in sent]
+
+
+@pytest.mark.kafka
 def test_oversized_record_fails_alone(broker: Service) -> None:
     """A record larger than max_request_bytes is the only one reported failed; its neighbours arrive."""
     topic = unique_topic("oversized")

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from .config import Overflow
 from .exceptions import ConfigError
-from .exporters.base import Exporter, ExportResult, PartialFailure
+from .exporters.base import Exporter, ExportResult, PartialFailure, Pending
 from .record import Record
 
 __all__ = ["DispatchStats", "Dispatcher"]
@@ -220,32 +220,60 @@ class Dispatcher:
         self._worker.start()
 
     def _run(self) -> None:
+        """Take batches off the queue and export them, several at once when the exporter pipelines.
+
+        With ``max_in_flight`` of 1 this is stop-and-wait: begin a batch, wait
+        for it, take the next. With more, full batches are begun while earlier
+        ones are still on the wire, and outcomes are collected oldest first; a
+        partial batch is only begun once nothing is in flight (or on flush and
+        shutdown), so a trickle of records still leaves after ``batch_delay``.
+        """
+        in_flight: deque[tuple[Sequence[Record], Pending | None]] = deque()
+        window = max(1, int(getattr(self.exporter, "max_in_flight", 1) or 1))
         while True:
             with self._lock:
-                if len(self._queue) < self._batch_size and not (self._flushing or self._stopped):
+                urgent = self._flushing or self._stopped
+                if not in_flight and len(self._queue) < self._batch_size and not urgent:
                     self._wake.wait(self._batch_delay)
-                take = min(self._batch_size, len(self._queue))
+                full = len(self._queue) >= self._batch_size
+                if len(in_flight) < window and (full or not in_flight or self._flushing or self._stopped):
+                    take = min(self._batch_size, len(self._queue))
+                else:
+                    take = 0
                 batch = [self._queue.popleft() for _ in range(take)]
-                self._in_flight = take
+                self._in_flight += take
                 if take and self._room_waiters:
                     self._room.notify_all()
-                if not batch and self._stopped:
+                if not batch and not in_flight and self._stopped:
                     self._drained.notify_all()
                     return
             if batch:
-                self._export(batch)
-            with self._lock:
-                self._in_flight = 0
-                self._done += take
-                if self._flushing:
-                    self._drained.notify_all()
+                in_flight.append((batch, self._begin(batch)))
+            elif in_flight:
+                done, pending = in_flight.popleft()
+                self._finish(done, pending)
+                with self._lock:
+                    self._in_flight -= len(done)
+                    self._done += len(done)
+                    if self._flushing:
+                        self._drained.notify_all()
 
-    def _export(self, batch: Sequence[Record]) -> None:
+    def _begin(self, batch: Sequence[Record]) -> Pending | None:
+        """Hand *batch* to the exporter; None when that already failed."""
         try:
-            result = self.exporter.export(batch)
+            return self.exporter.begin(batch)
         except Exception as exc:  # an exporter bug must not kill the worker
             self._report(f"export raised {type(exc).__name__}: {exc}")
-            result = ExportResult.FAILURE
+            return None
+
+    def _finish(self, batch: Sequence[Record], pending: Pending | None) -> None:
+        """Wait for *batch*'s outcome; count what was sent, hand the rest to the fallback."""
+        result: ExportResult | PartialFailure = ExportResult.FAILURE
+        if pending is not None:
+            try:
+                result = pending.wait()
+            except Exception as exc:
+                self._report(f"export raised {type(exc).__name__}: {exc}")
         if result is ExportResult.SUCCESS:
             failed: Sequence[Record] = ()
         elif isinstance(result, PartialFailure):

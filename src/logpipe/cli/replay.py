@@ -32,18 +32,33 @@ __all__ = ["replay"]
 
 @click.command()
 @click.argument("path", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--exporter", "-e", "name",
-              help="Exporter to replay into; default: the first of LOGPIPE_EXPORTER, else kafka.")
-@click.option("--once/--follow", default=True,
-              help="Replay what is there, then exit (default); or keep replaying new records until interrupted.")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="With --once: seconds to keep retrying an exporter that fails before giving up.")
+@click.option(
+    "--exporter", "-e", "name", help="Exporter to replay into; default: the first of LOGPIPE_EXPORTER, else kafka."
+)
+@click.option(
+    "--once/--follow",
+    default=True,
+    help="Replay what is there, then exit (default); or keep replaying new records until interrupted.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="With --once: seconds to keep retrying an exporter that fails before giving up.",
+)
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between retries and scans.")
 @click.option("--batch", type=click.IntRange(min=1), default=512, show_default=True, help="Records per export.")
-@click.option("--max-attempts", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Move a record the exporter refuses this many times in a row to rejected/ (0: never).")
-def replay(path: Path, name: str | None, once: bool, timeout: float, interval: float, batch: int,
-           max_attempts: int) -> None:
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Move a record the exporter refuses this many times in a row to rejected/ (0: never).",
+)
+def replay(
+    path: Path, name: str | None, once: bool, timeout: float, interval: float, batch: int, max_attempts: int
+) -> None:
     """Replay the spool directory PATH into an exporter (LOGPIPE_<EXPORTER>_* configure it).
 
     PATH is a directory of *.jsonl segments, e.g. logs/spool/kafka; the spool
@@ -67,8 +82,16 @@ def replay(path: Path, name: str | None, once: bool, timeout: float, interval: f
     stop = threading.Event()
     try:
         with _stop_on_signals(stop):
-            outcome = _run(console, spool, lock, Replayer(spool, primary, batch=batch, max_attempts=max_attempts),
-                           once=once, timeout=timeout, interval=interval, stop=stop)
+            outcome = _run(
+                console,
+                spool,
+                lock,
+                Replayer(spool, primary, batch=batch, max_attempts=max_attempts),
+                once=once,
+                timeout=timeout,
+                interval=interval,
+                stop=stop,
+            )
     finally:
         primary.force_flush()
         primary.shutdown()
@@ -79,12 +102,26 @@ def replay(path: Path, name: str | None, once: bool, timeout: float, interval: f
         raise SystemExit(1)
 
 
-def _run(console: Console, spool: Spool, lock: DirectoryLock, replayer: Replayer, *, once: bool, timeout: float,
-         interval: float, stop: threading.Event) -> Step:
+def _run(
+    console: Console,
+    spool: Spool,
+    lock: DirectoryLock,
+    replayer: Replayer,
+    *,
+    once: bool,
+    timeout: float,
+    interval: float,
+    stop: threading.Event,
+) -> Step:
     """Step the replayer until done (--once), interrupted, or out of patience; the last step."""
     start = spool.stats().pending_bytes
-    columns = (TextColumn("[bold]replay"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[records]} records"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]replay"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[records]} records"),
+        TimeElapsedColumn(),
+    )
     step = Step.IDLE
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("replay", total=start or 1, records=0)
@@ -96,8 +133,9 @@ def _run(console: Console, spool: Spool, lock: DirectoryLock, replayer: Replayer
             step = replayer.step()
             stats = spool.stats()
             done = max(0, start - stats.pending_bytes)
-            progress.update(task, completed=done, total=max(start, done + stats.pending_bytes, 1),
-                            records=stats.replayed)
+            progress.update(
+                task, completed=done, total=max(start, done + stats.pending_bytes, 1), records=stats.replayed
+            )
             if step is Step.PROGRESS:
                 last_progress = time.monotonic()
                 continue

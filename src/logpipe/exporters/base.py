@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 from ..record import Record
 
-__all__ = ["ExportResult", "Exporter", "NoOptions", "PartialFailure", "Pending", "Serialized"]
+__all__ = ["Done", "ExportResult", "Exporter", "NoOptions", "PartialFailure", "Pending", "Serialized"]
 
 
 class ExportResult(enum.Enum):
@@ -45,7 +45,7 @@ class Pending(Protocol):
 
 
 @dataclass(frozen=True)
-class _Done:
+class Done:
     """A `Pending` whose outcome was known when it was made (the synchronous default)."""
 
     outcome: ExportResult | PartialFailure
@@ -103,7 +103,7 @@ class Exporter(abc.ABC):
         The default exports at once. Exceptions from `begin` or ``wait`` count
         as `ExportResult.FAILURE` for the whole batch.
         """
-        return _Done(self.export(batch))
+        return Done(self.export(batch))
 
     def force_flush(self, timeout: float = 10.0) -> bool:
         """Push out anything buffered; True when done within *timeout* seconds."""

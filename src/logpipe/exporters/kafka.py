@@ -4,8 +4,10 @@ The message value is the record's KafkaLog JSON, byte for byte, so the seed's
 Logstash pipeline (``codec => json``) reads it unchanged; headers carry ``id``
 and, when there is one, ``trace_id``; the key is chosen by ``key``.
 
-Delivery is at-least-once. `export` sends a batch and waits for every
-record's acknowledgement within ``delivery_timeout``; kafka-python retries
+Delivery is at-least-once. `begin` hands a batch to the producer and its
+``wait`` collects every record's acknowledgement within ``delivery_timeout``
+(the dispatcher keeps ``in_flight_batches`` batches begun, so the producer
+never idles while a batch awaits its acks); kafka-python retries
 retriable errors (leader moves, timeouts, a restarting broker) inside that
 budget. Whatever is not acknowledged is reported back (`PartialFailure`), so
 the dispatcher spools exactly those records; a record acknowledged by a
@@ -43,7 +45,7 @@ from kafka import KafkaProducer
 from ..config import at_least, setting
 from ..exceptions import ConfigError
 from ..record import Record
-from .base import Exporter, ExportResult, PartialFailure
+from .base import Done, Exporter, ExportResult, PartialFailure, Pending
 
 __all__ = ["KafkaExporter", "KafkaOptions", "KafkaStats"]
 
@@ -115,10 +117,17 @@ class KafkaOptions:
         2.0, "Seconds to connect and bootstrap before the broker counts as unreachable.", check=at_least(0.001)
     )
     down_backoff: float = setting(
-        1.0, "Seconds export fails at once (records go to the spool) after the broker was unreachable.",
+        1.0,
+        "Seconds export fails at once (records go to the spool) after the broker was unreachable.",
         check=at_least(0),
     )
     client_id: str = setting("logpipe", "Client id the broker sees (quotas, request logs).")
+    in_flight_batches: int = setting(
+        3,
+        "Dispatcher batches handed to the producer before the oldest one's acknowledgements are awaited; "
+        "1 is stop-and-wait.",
+        check=at_least(1),
+    )
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,7 @@ class KafkaExporter(Exporter):
         self._config = _producer_config(self.options)
         self._addresses = _addresses(self.options.bootstrap_servers)
         self._key = _key_function(self.options.key)
+        self.max_in_flight = self.options.in_flight_batches
         self._init_state()
 
     def _init_state(self) -> None:
@@ -164,13 +174,28 @@ class KafkaExporter(Exporter):
         record timed out). A `PartialFailure` naming the whole batch means the
         broker refused these particular records (too large, invalid).
         """
+        return self.begin(batch).wait()
+
+    def begin(self, batch: Sequence[Record]) -> Pending:
+        """Hand *batch* to the producer and return at once; ``wait()`` collects the acknowledgements.
+
+        The producer keeps sending while earlier batches await theirs, which
+        is what keeps the broker busy at ``acks=all``.
+        """
         producer = self._ready_producer()
         if producer is None:
             self._count(0, len(batch))
-            return ExportResult.FAILURE
+            return Done(ExportResult.FAILURE)
         futures, unsent = self._send(producer, batch)
+        return _InFlight(self, producer, batch, futures, unsent)
+
+    def _outcome(
+        self, producer: Any, batch: Sequence[Record], futures: Sequence[Any], unsent: BaseException | None
+    ) -> ExportResult | PartialFailure:
+        """Wait for *futures* and turn their fate into the batch's outcome (see `export`)."""
         pending = self._wait(producer, futures)
-        failed = [r for r, f in zip(batch, futures, strict=False) if not f.succeeded()] + list(batch[len(futures) :])
+        failed = [r for r, f in zip(batch, futures, strict=False) if f.exception is not None or not f.is_done]
+        failed += batch[len(futures) :]
         self._count(len(batch) - len(failed), len(failed))
         if not failed:
             self._up()
@@ -256,16 +281,20 @@ class KafkaExporter(Exporter):
     def _wait(self, producer: Any, futures: Sequence[Any]) -> bool:
         """Wait for every future within the delivery budget; True if some are still pending.
 
+        Records resolve a producer batch at a time, so this waits on the latch
+        of each pending record's batch (kafka-python's ``FutureProduceResult``)
+        rather than putting a callback on every record: the sender thread, which
+        shares the GIL with the application, does no per-record work for us.
         A pending future after the broker stopped accepting connections is
         given up on at once instead of at the end of the budget.
         """
-        latch = _Latch(len(futures))
-        for future in futures:
-            future.add_both(latch.arrive)
         deadline = time.monotonic() + self.options.delivery_timeout + 1.0
-        while not latch.wait(min(_PROBE_EVERY, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline or self._producer is not producer or not self._reachable():
-                return True
+        for future in reversed(futures):  # the last ones are usually the last to resolve
+            while not future.is_done:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._producer is not producer or not self._reachable():
+                    return True
+                _await(future, min(_PROBE_EVERY, left))
         return False
 
     def _reachable(self) -> bool:
@@ -383,24 +412,34 @@ def _key_function(choice: KeyChoice) -> Callable[[Record], bytes | None]:
     return lambda r: None
 
 
-class _Latch:
-    """Counts acknowledgements down to zero; callbacks arrive on kafka-python's sender thread."""
+@dataclass(frozen=True)
+class _InFlight:
+    """One batch handed to the producer, its acknowledgements not collected yet."""
 
-    def __init__(self, count: int) -> None:
-        self._left = count
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        if count == 0:
-            self._done.set()
+    exporter: KafkaExporter
+    producer: Any
+    batch: Sequence[Record]
+    futures: Sequence[Any]
+    unsent: BaseException | None
 
-    def arrive(self, *_: object) -> None:
-        with self._lock:
-            self._left -= 1
-            if self._left <= 0:
-                self._done.set()
+    def wait(self) -> ExportResult | PartialFailure:
+        return self.exporter._outcome(self.producer, self.batch, self.futures, self.unsent)
 
-    def wait(self, timeout: float) -> bool:
-        return self._done.wait(timeout)
+
+def _await(future: Any, timeout: float) -> None:
+    """Block until *future* may have resolved, at most *timeout* seconds.
+
+    A record's future resolves when its producer batch does; kafka-python
+    exposes that batch's latch (``_produce_future.wait``). Should a future
+    lack it (another kafka-python version), a callback sets an event instead.
+    """
+    batch = getattr(future, "_produce_future", None)
+    if batch is not None and hasattr(batch, "wait"):
+        batch.wait(timeout)
+        return
+    done = threading.Event()
+    future.add_both(lambda *_: done.set())
+    done.wait(timeout)
 
 
 def _failed_future(exc: BaseException) -> Any:

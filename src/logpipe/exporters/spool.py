@@ -49,7 +49,8 @@ class SpoolOptions:
     fsync_interval: float = setting(1.0, "Seconds between fsyncs with fsync=interval.", check=at_least(0))
     replay: bool = setting(True, "Replay the spool into its primary exporter in a background thread.")
     replay_interval: float = setting(
-        1.0, "Seconds between replay attempts while the primary fails (and between scans when idle).",
+        1.0,
+        "Seconds between replay attempts while the primary fails (and between scans when idle).",
         check=at_least(0.001),
     )
     replay_batch: int = setting(512, "Most records handed to the primary in one replay export.", check=at_least(1))
