@@ -1,0 +1,191 @@
+"""``logpipe tail``: follow log files into Kafka, at least once (see `logpipe.tail`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ..exceptions import ConfigError
+from ..tail import Tailer, TailOptions, TailStats, load_options
+
+__all__ = ["tail"]
+
+#: Setting -> the flag that sets it, so errors name what the user typed.
+_FLAGS = {
+    "paths": "PATH_OR_GLOB",
+    "registry": "--registry",
+    "start": "--start",
+    "batch_size": "--batch-size",
+    "max_line_bytes": "--max-line-bytes",
+    "dead_letter": "--dead-letter",
+    "service": "--service",
+    "status_interval": "--status-interval",
+}
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="PATH_OR_GLOB...")
+@click.option("--once", is_flag=True, help="Read every matching file to its end, ship, exit (0 when all delivered).")
+@click.option(
+    "--start",
+    type=click.Choice(["beginning", "end"]),
+    help="Where a file not in the registry starts (default beginning) [LOGPIPE_TAIL_START].",
+)
+@click.option("--registry", help="Registry file (default logs/tail-registry.json) [LOGPIPE_TAIL_REGISTRY].")
+@click.option("--topic", "-t", help="Kafka topic (default LOGPIPE_KAFKA_TOPIC).")
+@click.option("--bootstrap-servers", "-b", help="Kafka brokers, comma list (default LOGPIPE_KAFKA_BOOTSTRAP_SERVERS).")
+@click.option("--batch-size", type=int, help="Lines per Kafka batch (default 2000) [LOGPIPE_TAIL_BATCH_SIZE].")
+@click.option(
+    "--max-line-bytes",
+    type=int,
+    help="Longer lines are split into wrapped pieces (default 512 KiB) [LOGPIPE_TAIL_MAX_LINE_BYTES].",
+)
+@click.option(
+    "--dead-letter",
+    help="File for records Kafka refuses (default logs/tail-dead-letter.jsonl) [LOGPIPE_TAIL_DEAD_LETTER].",
+)
+@click.option("--service", help="Service of wrapped (non-KafkaLog) lines [LOGPIPE_TAIL_SERVICE].")
+@click.option("--status-interval", type=float, help="Seconds between progress updates [LOGPIPE_TAIL_STATUS_INTERVAL].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display; errors and the summary still go to stderr.")
+def tail(
+    paths: tuple[str, ...], once: bool, topic: str | None, bootstrap_servers: str | None, quiet: bool, **flags: Any
+) -> None:
+    """Send every line of the files matching PATH_OR_GLOB to Kafka, one message per line (Filebeat's role).
+
+    KafkaLog lines (what logpipe's file exporter writes) go as they are; any
+    other line is wrapped into a KafkaLog record. Progress is kept in a
+    registry file and advances only after Kafka acknowledged, so a restart
+    resumes where it stopped. Quote globs ('logs/*.jsonl*') so new files that
+    match are picked up. Stop with SIGTERM or Ctrl-C: batches in flight are
+    finished and the registry written; a second signal exits at once (what
+    was not acknowledged is read again next time).
+    """
+    overrides = {name: value for name, value in flags.items() if value is not None}
+    if paths:
+        overrides["paths"] = paths
+    kafka: dict[str, Any] = {}
+    if topic:
+        kafka["topic"] = topic
+    if bootstrap_servers:
+        kafka["bootstrap_servers"] = bootstrap_servers
+    try:
+        options = load_options(overrides)
+    except ConfigError as exc:
+        raise click.UsageError(_with_flags(str(exc))) from exc
+    err = Console(stderr=True)
+    display = _Display(options, err, live=not quiet and err.is_terminal, lines=not quiet and not err.is_terminal)
+    try:
+        tailer = Tailer(options, once=once, exporter_overrides=kafka, progress=display.update)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc).replace("argument 'topic'", "--topic")) from exc
+    _install_signals(tailer)
+    try:
+        with display:
+            stats = tailer.run()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    err.print(_summary(stats, tailer.unacknowledged), highlight=False, soft_wrap=True)
+    if tailer.unacknowledged:
+        sys.exit(3)
+
+
+def _with_flags(message: str) -> str:
+    for name, flag in _FLAGS.items():
+        message = message.replace(f"argument {name!r}", flag)
+    return message
+
+
+def _install_signals(tailer: Tailer) -> None:
+    """First SIGTERM/SIGINT: finish the batches in flight, write the registry, exit. Second: exit now."""
+
+    def handler(signum: int, frame: object) -> None:
+        if tailer.stopping:
+            os.write(2, b"logpipe tail: second signal, exiting; unacknowledged lines are read again next time\n")
+            os._exit(128 + signum)
+        tailer.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _summary(stats: TailStats, unacknowledged: int) -> str:
+    seconds = time.monotonic() - stats.started
+    text = (
+        f"logpipe tail: stopped after {seconds:.1f}s: lines_read={stats.lines_read} sent={stats.sent} "
+        f"wrapped={stats.wrapped} too_long={stats.too_long} empty={stats.empty} "
+        f"dead_lettered={stats.dead_lettered} retries={stats.retries} rotations={stats.rotations} "
+        f"truncations={stats.truncations} unacknowledged={unacknowledged} rate={stats.rate:.0f} lines/s"
+    )
+    if stats.last_error:
+        text += f"\nlast error: {stats.last_error}"
+    return text
+
+
+class _Display:
+    """Rich live table on a terminal, one line per interval otherwise, errors only with --quiet."""
+
+    def __init__(self, options: TailOptions, console: Console, *, live: bool, lines: bool) -> None:
+        self.options = options
+        self.console = console
+        self.lines = lines
+        self.live = Live(console=console, auto_refresh=False, transient=False) if live else None
+        self._samples: deque[tuple[float, int]] = deque(maxlen=max(2, int(10 / options.status_interval) + 1))
+        self._errors_seen = 0
+
+    def __enter__(self) -> _Display:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def update(self, stats: TailStats) -> None:
+        now = time.monotonic()
+        self._samples.append((now, stats.sent))
+        first_t, first_sent = self._samples[0]
+        rate = (stats.sent - first_sent) / (now - first_t) if now > first_t else 0.0
+        new_error = stats.errors > self._errors_seen and stats.last_error
+        self._errors_seen = stats.errors
+        if self.live is not None:
+            self.live.update(self._render(stats, rate), refresh=True)
+        elif self.lines:
+            self.console.print(
+                f"logpipe tail: {stats.state} files_open={stats.files_open} lines_read={stats.lines_read} "
+                f"sent={stats.sent} wrapped={stats.wrapped} too_long={stats.too_long} in_flight={stats.in_flight} "
+                f"rate={rate:.0f}/s errors={stats.errors}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if new_error and self.live is None:
+            self.console.print(f"logpipe tail: {stats.last_error}", highlight=False, soft_wrap=True)
+
+    def _render(self, stats: TailStats, rate: float) -> Group:
+        head = Table.grid(padding=(0, 2))
+        head.add_row("following", ", ".join(self.options.paths))
+        head.add_row("state", stats.state)
+        head.add_row(
+            "files open", f"{stats.files_open:,}  rotations {stats.rotations:,}  truncations {stats.truncations:,}"
+        )
+        head.add_row("rate", f"{rate:,.0f} lines/s")
+        head.add_row("lines read", f"{stats.lines_read:,}  ({stats.bytes_read / 1e6:,.1f} MB)")
+        head.add_row(
+            "sent",
+            f"{stats.sent:,}  in flight {stats.in_flight:,}  wrapped {stats.wrapped:,}  too long {stats.too_long:,}",
+        )
+        head.add_row("errors", f"{stats.errors:,}  retries {stats.retries:,}  dead-lettered {stats.dead_lettered:,}")
+        parts: list[Any] = [head]
+        if stats.last_error:
+            parts.append(Text(f"last error: {stats.last_error}", style="yellow"))
+        return Group(*parts)
