@@ -207,6 +207,12 @@ class Settings:
         "Unset: spill when there is a fallback exporter, else block.",
     )
     block_timeout: float = setting(0.05, "Seconds the block policy waits for room before dropping.", check=at_least(0))
+    isolation: Literal["auto", "thread", "process"] = setting(
+        "auto",
+        "Where exporters run: process (a child process each, so their client's Python threads never hold "
+        "the application's GIL), thread (in the application's process), or auto (each exporter's choice: "
+        "process for kafka, thread for the others).",
+    )
     shutdown_timeout: float = setting(10.0, "Seconds to flush at exit or shutdown.", check=at_least(0))
     action: str = setting("click", "Action value for records without an action= key.")
     time_format: str = setting(

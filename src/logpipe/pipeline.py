@@ -24,6 +24,7 @@ from .config import Settings
 from .dispatch import Dispatcher, DispatchStats
 from .exceptions import ConfigError
 from .exporters.base import Exporter, Serialized
+from .exporters.process import isolate
 from .processors import FuncNameAdder, KafkaLogRenderer, ServiceName, add_trace_context
 from .record import Record
 
@@ -128,9 +129,17 @@ class Pipeline:
             backup.bind_primary(name, exporter)
             return backup
 
+        def isolated(spec: ExporterSpec, exporter: Exporter) -> Exporter:
+            """A primary in a child process per LOGPIPE_ISOLATION; instances given as such stay in
+            process under ``auto`` (the caller holds them), and fallbacks always do (local disk)."""
+            if isinstance(spec, Exporter) and settings.isolation == "auto":
+                return exporter
+            return isolate(exporter, settings.isolation)
+
         dispatchers = []
         for spec in specs:
             name, exporter = make(spec, "LOGPIPE_EXPORTER")
+            exporter = isolated(spec, exporter)
             backup = fallback_for(name, exporter)
             dispatchers.append(
                 Dispatcher(

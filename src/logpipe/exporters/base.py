@@ -12,7 +12,7 @@ import enum
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from ..record import Record
 
@@ -92,6 +92,10 @@ class Exporter(abc.ABC):
 
     #: Batches the dispatcher may have begun and not yet waited for.
     max_in_flight: int = 1
+    #: Where this exporter runs when ``LOGPIPE_ISOLATION=auto``: ``process`` for
+    #: exporters whose client does heavy Python work in background threads (it
+    #: would compete with the application for the GIL), ``thread`` otherwise.
+    isolation: ClassVar[Literal["thread", "process"]] = "thread"
 
     @abc.abstractmethod
     def export(self, batch: Sequence[Record]) -> ExportResult | PartialFailure:

@@ -146,6 +146,7 @@ class KafkaExporter(Exporter):
     Options = KafkaOptions
     options: KafkaOptions
     default_fallback: ClassVar[str | None] = "spool"
+    isolation: ClassVar[Literal["thread", "process"]] = "process"
 
     def __init__(self, options: KafkaOptions | None = None) -> None:
         super().__init__(options)
