@@ -288,7 +288,7 @@ def run(ctx: Context) -> Section:
         while proc.poll() is None:
             now = time.monotonic() - t0
             try:
-                samples.append((now, ps.memory_info().rss / 2**20))
+                samples.append((now, tree_rss(ps) / 2**20))
             except psutil.Error:
                 break
             if not stopped and now >= before:
@@ -394,7 +394,8 @@ def run(ctx: Context) -> Section:
     else:
         section.notes.append("matplotlib is not installed: no plot.")
     section.notes.append(
-        "The application is a separate process; its RSS is sampled from outside every 0.25 s. The log call runs "
+        "The application is a separate process; its RSS, plus that of logpipe's exporter child process (the "
+        "Kafka exporter runs in one by default), is sampled from outside every 0.25 s. The log call runs "
         "under an audit hook that counts socket events raised in the logging thread (it costs the call a little). "
         "The outage is `scripts/kafka.sh stop` of a broker started for this workload (port "
         f"{PORT}), then `start` again; records the exporter cannot deliver go to the spool and are replayed."
@@ -476,3 +477,16 @@ if __name__ == "__main__":
     c.add_argument("--exporter", default="kafka", help="kafka, or memory to isolate the chain (diagnosis)")
     c.add_argument("--no-audit", dest="audit", action="store_false", help="no socket audit hook (diagnosis)")
     sys.exit(child(parser.parse_args()))
+
+
+def tree_rss(ps: Any) -> int:
+    """RSS of the application plus its child processes (logpipe's exporter child): what the app costs."""
+    import psutil
+
+    total = ps.memory_info().rss
+    for child in ps.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return int(total)
