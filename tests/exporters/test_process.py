@@ -141,6 +141,19 @@ class TestChildFailures:
         assert "cannot run in a child process" in capsys.readouterr().err
         exporter.shutdown()
 
+    def test_a_host_binary_that_is_not_python_means_in_process(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Under uWSGI sys.executable is the server's binary: do not start it, export in process."""
+        monkeypatch.setattr(sys, "executable", "/usr/bin/uwsgi")
+        path = tmp_path / "out.jsonl"
+        exporter = ProcessExporter(FileExporter(FileOptions(path=path)))
+        batch = records(3)
+        assert exporter.export(batch) is ExportResult.SUCCESS
+        exporter.shutdown()
+        assert file_ids(path) == [r.id for r in batch]
+        assert "is not a Python interpreter" in capsys.readouterr().err
+
 
 class TestIsolationSetting:
     def test_auto_follows_the_exporter_class(self, tmp_path: Path) -> None:

@@ -189,6 +189,10 @@ class ProcessExporter(Exporter):
         if time.monotonic() < self._next_start:
             return None
         self._next_start = time.monotonic() + self._respawn_backoff
+        unusable = _no_python()
+        if unusable:
+            self._run_in_process(unusable)
+            return None
         try:
             hello = pickle.dumps((type(self.inner), self.inner.options))
         except Exception as exc:
@@ -207,7 +211,7 @@ class ProcessExporter(Exporter):
 
     def _run_in_process(self, reason: str) -> None:
         self._in_process = True
-        _report(f"{self.inner.describe()}: cannot run in a child process, exporting in process: {reason}")
+        _report(f"{self.inner.describe()}: cannot run in a child process, exporting in process: {reason}", force=True)
 
     def _lost(self, child: _Child, reason: str) -> None:
         """Give up on *child*: its outstanding batches fail; the next batch starts a new one."""
@@ -354,6 +358,20 @@ class _Child:
         _orphans.append(self.proc)
 
 
+def _no_python() -> str:
+    """Why this process cannot start ``sys.executable`` as a Python child; empty when it can.
+
+    An embedding server (uWSGI) or a frozen application reports its own
+    binary as ``sys.executable``; starting that with ``-c`` would not run Python.
+    """
+    if getattr(sys, "frozen", False):
+        return "a frozen application has no Python interpreter to start"
+    name = os.path.basename(sys.executable or "").lower()
+    if "py" not in name:
+        return f"sys.executable ({sys.executable or 'empty'}) is not a Python interpreter"
+    return ""
+
+
 def _grow_pipe(pipe: Any) -> None:
     """Ask Linux for a 1 MiB pipe: a whole batch fits, so the worker writes it in one go."""
     set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
@@ -365,11 +383,11 @@ def _grow_pipe(pipe: Any) -> None:
 _last_report = 0.0
 
 
-def _report(message: str) -> None:
-    """One line on stderr, at most every 10 s (never through logging, which may feed this exporter)."""
+def _report(message: str, *, force: bool = False) -> None:
+    """One line on stderr, at most every 10 s unless *force*d (never through logging, which may feed this exporter)."""
     global _last_report
     now = time.monotonic()
-    if now - _last_report < 10.0:
+    if now - _last_report < 10.0 and not force:
         return
     _last_report = now
     with contextlib.suppress(Exception):
