@@ -74,6 +74,13 @@ class TestInAChild:
         assert child.proc.poll() == 0, "the child exits by itself after CLOSE"
         assert "in a child process" in exporter.describe()
 
+    def test_flush_before_any_batch_is_true(self, tmp_path: Path) -> None:
+        """Nothing was exported, so nothing is buffered: a flush succeeds without starting a child."""
+        exporter = ProcessExporter(FileExporter(FileOptions(path=tmp_path / "out.jsonl")))
+        assert exporter.force_flush(5)
+        assert exporter._child is None
+        exporter.shutdown(5)
+
     def test_partial_failures_come_back_as_the_same_records(self, tmp_path: Path) -> None:
         exporter = ProcessExporter(PickyExporter(PickyOptions(path=str(tmp_path / "even.jsonl"))))
         batch = records(10)

@@ -132,6 +132,8 @@ class ProcessExporter(Exporter):
     def force_flush(self, timeout: float = 10.0) -> bool:
         if self._in_process:
             return self.inner.force_flush(timeout)
+        if self._child is None:
+            return True  # no child, nothing buffered in one (failed batches already went to the fallback)
         answer = self._ask(_FLUSH, marshal.dumps(timeout), timeout)
         return answer is not None and bool(marshal.loads(answer))
 
@@ -184,8 +186,10 @@ class ProcessExporter(Exporter):
         """With the lock held: the running child, started now if needed; None while backing off."""
         if self._closed or self._in_process:
             return None
-        if self._child is not None and self._child.alive():
-            return self._child
+        if self._child is not None:
+            if self._child.alive():
+                return self._child
+            self._lost(self._child, "exited")
         if time.monotonic() < self._next_start:
             return None
         self._next_start = time.monotonic() + self._respawn_backoff
