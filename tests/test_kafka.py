@@ -168,6 +168,8 @@ def test_round_trip_through_structlog(broker: Service) -> None:
     log.error("after the span")
     assert logpipe.flush(30)
     assert logpipe.stats()["kafka"].sent == 3
+    pipeline = logpipe.current()
+    assert pipeline is not None and "(in a child process)" in pipeline.describe()[0]  # LOGPIPE_ISOLATION=auto
 
     messages = consume_all(broker.address, topic)
     assert len(messages) == 3
