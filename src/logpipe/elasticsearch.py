@@ -11,7 +11,10 @@ Four things live here, so that every path into Elasticsearch behaves alike:
 * `bulk_create`: ``create`` actions with ``_id`` = the record's ``Id``, so a
   retried or redelivered record never becomes a second document (Elasticsearch
   answers 409 for it, which counts as delivered), split by count and bytes
-  and retried with backoff by elasticsearch-py's ``streaming_bulk``.
+  and retried with backoff by elasticsearch-py's ``streaming_bulk``;
+  `create_line`, `split` and `send_bulk` are the same ``create`` actions
+  pre-serialised and sent one request at a time, for ``logpipe ship``, which
+  pipelines requests and retries itself.
 
 The client library is imported lazily: importing this module costs nothing
 when Elasticsearch is not used.
@@ -19,13 +22,12 @@ when Elasticsearch is not used.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -45,18 +47,22 @@ __all__ = [
     "RETRY_STATUS",
     "BulkDoc",
     "BulkOutcome",
+    "BulkReply",
     "ElasticsearchOptions",
     "FieldMapping",
     "ItemResult",
     "append_json_lines",
     "bulk_create",
     "check_options",
+    "create_line",
     "dead_letter_entry",
     "index_name",
     "index_pattern",
     "index_template",
     "install_template",
     "make_client",
+    "send_bulk",
+    "split",
     "template_name",
 ]
 
@@ -199,8 +205,17 @@ def make_client(options: ElasticsearchOptions) -> Elasticsearch:
 
 
 def index_name(prefix: str, ts: float) -> str:
-    """``logpipe-2026.11.25``: the daily index of an event at epoch *ts* (UTC day)."""
-    return f"{prefix}-{datetime.fromtimestamp(ts, timezone.utc):%Y.%m.%d}"
+    """``logpipe-2026.11.25``: the daily index of an event at epoch *ts* (UTC day).
+
+    Cached per day: formatting a date costs more than the rest of a record's
+    way through the shipper, and a stream of logs spans few days.
+    """
+    return _daily_index(prefix, int(ts // 86400))
+
+
+@functools.lru_cache(maxsize=256)
+def _daily_index(prefix: str, day: int) -> str:
+    return f"{prefix}-{datetime.fromtimestamp(day * 86400, timezone.utc):%Y.%m.%d}"
 
 
 def index_pattern(prefix: str) -> str:
@@ -452,38 +467,114 @@ def bulk_create(
     return BulkOutcome(items, error if any(i.status is None for i in items) else None, time.monotonic() - started)
 
 
-def bulk_create_concurrently(
-    client: Elasticsearch,
-    docs: Sequence[BulkDoc],
-    options: ElasticsearchOptions,
-    concurrency: int,
-    *,
-    wait: Callable[[float], object] = time.sleep,
-) -> BulkOutcome:
-    """`bulk_create` with *concurrency* bulk requests in flight, as ``parallel_bulk`` does.
+@functools.lru_cache(maxsize=256)
+def _create_head(index: str) -> bytes:
+    return b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
 
-    One request at a time leaves Elasticsearch idle while each answer travels
-    back; several keep it busy. *docs* are cut into contiguous slices sent from
-    worker threads, each without logpipe's own retries (``max_retries=0``), so
-    waiting and retrying stays with the caller's thread: the shipper's *wait*
-    keeps polling Kafka, which is not thread-safe. Positions in the outcome are
-    those of *docs*, as with `bulk_create`.
+
+def create_line(index: str, doc_id: str, source: bytes) -> bytes:
+    """The two NDJSON lines of one ``create`` action and its source, as `send_bulk` sends them.
+
+    Built as bytes rather than as a dict for the client to serialise: the
+    source is sent as it came, and only the ``_id`` is encoded per document.
+    *source* must be one line (JSON allows a raw newline only as whitespace,
+    so a caller can replace it with a space).
     """
-    if concurrency <= 1 or len(docs) <= options.chunk_size:
-        return bulk_create(client, docs, options, wait=wait)
-    size = max(options.chunk_size, -(-len(docs) // concurrency))
-    starts = range(0, len(docs), size)
-    once = dataclasses.replace(options, max_retries=0)
+    return _create_head(index) + orjson.dumps(doc_id) + b"}}\n" + source + b"\n"
+
+
+def split(positions: Sequence[int], lines: Sequence[bytes], chunk_size: int, max_bytes: int) -> list[list[int]]:
+    """Cut *positions* (into *lines*) into requests of at most *chunk_size* documents and *max_bytes* bytes.
+
+    A single line larger than *max_bytes* still goes, alone, as streaming_bulk does.
+    """
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    size = 0
+    for position in positions:
+        length = len(lines[position])
+        if chunk and (len(chunk) >= chunk_size or size + length > max_bytes):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(position)
+        size += length
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+#: What `send_bulk` asks the answer to hold: each item's status and error, nothing else.
+BULK_FILTER = "errors,items.*.status,items.*.error"
+
+
+@dataclass
+class BulkReply:
+    """What one `send_bulk` request came back with."""
+
+    created: int = 0
+    duplicates: int = 0
+    #: Items neither created nor already there; ``position`` is the item's place in the request.
+    failed: list[ItemResult] = field(default_factory=list)
+    #: The request-level error (connection, HTTP status of the whole request), for humans.
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def retry(self) -> list[ItemResult]:
+        return [i for i in self.failed if i.retryable]
+
+    @property
+    def rejected(self) -> list[ItemResult]:
+        return [i for i in self.failed if i.rejected]
+
+
+def send_bulk(client: Elasticsearch, lines: Sequence[bytes], indices: Sequence[str]) -> BulkReply:
+    """One bulk request of `create_line` actions, with no retries; never raises for I/O.
+
+    Safe to call from several threads at once (the shipper keeps a few in
+    flight); waiting and retrying is the caller's job. The answer is filtered
+    (`BULK_FILTER`): the node serialises, and the client parses, a few bytes
+    per document instead of its whole result. Items come back in request
+    order, so the item at position *i* is the document ``lines[i]``, whose
+    index is ``indices[i]``. When no usable answer came, every item has
+    status None (retryable).
+    """
+    from elasticsearch import ApiError, TransportError
+
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=len(starts), thread_name_prefix="logpipe-bulk") as pool:
-        outcomes = list(pool.map(lambda start: bulk_create(client, docs[start : start + size], once), starts))
-    items = [
-        dataclasses.replace(item, position=item.position + start)
-        for start, outcome in zip(starts, outcomes, strict=True)
-        for item in outcome.items
-    ]
-    error = next((o.error for o in outcomes if o.error), None)
-    return BulkOutcome(items, error, time.monotonic() - started)
+    reply = BulkReply()
+    answer: Any = None
+    items: list[Any] = []
+    try:
+        # The client sends bytes as they are (its NDJSON serialiser passes them through).
+        answer = client.bulk(operations=cast(Any, b"".join(lines)), filter_path=BULK_FILTER).body
+        found = answer.get("items") if isinstance(answer, Mapping) else None
+        if isinstance(found, list) and len(found) == len(lines):
+            items = found
+        else:
+            got = len(found) if isinstance(found, list) else "no"
+            reply.error = f"bulk answer has {got} items for {len(lines)} documents"
+    except ApiError as exc:
+        reply.error = f"HTTP {exc.status_code}: {_error_text(exc.body) or exc}"
+    except TransportError as exc:
+        reply.error = f"{type(exc).__name__}: {exc}"
+    if reply.error is not None:
+        reply.failed = [ItemResult(p, index, None, reply.error) for p, index in enumerate(indices)]
+    elif not answer.get("errors"):
+        reply.created = len(lines)  # every item 2xx: nothing to look at one by one
+    else:
+        for position, item in enumerate(items):
+            (result,) = item.values()
+            status = result.get("status")
+            if isinstance(status, int) and 200 <= status < 300:
+                reply.created += 1
+            elif status == 409:
+                reply.duplicates += 1
+            else:
+                status = status if isinstance(status, int) else None
+                reply.failed.append(ItemResult(position, indices[position], status, result.get("error")))
+    reply.seconds = time.monotonic() - started
+    return reply
 
 
 def _actions(docs: Sequence[BulkDoc], positions: Sequence[int]) -> Iterator[tuple[dict[str, Any], bytes]]:

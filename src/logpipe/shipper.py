@@ -29,7 +29,9 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +43,7 @@ from . import config
 from . import elasticsearch as es
 from .config import at_least, setting
 from .exceptions import ConfigError
-from .record import Record
+from .record import _parse_ts
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, KafkaProducer
@@ -201,6 +203,70 @@ class DeadLetter:
     index: str | None = None
 
 
+# -- batches in flight ----------------------------------------------------------------------
+
+#: Batches in flight at once: the one whose bulk requests run, and the next one,
+#: polled and checked meanwhile so that Elasticsearch never waits for Kafka.
+BATCHES_IN_FLIGHT = 2
+
+
+@dataclass(eq=False)
+class Batch:
+    """Messages polled together and committed together, and what is still to do for them."""
+
+    #: Messages polled (good or malformed); ``in_flight`` until the batch is accounted for.
+    size: int
+    #: Per partition, the last message polled: the commit goes one past it.
+    ends: dict[Any, ConsumerRecord]
+    #: The messages to index and, position by position, their bulk lines and indices.
+    sources: list[ConsumerRecord] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    indices: list[str] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    #: Bulk requests in flight: the reply to come and the positions it carries.
+    requests: list[tuple[Future[es.BulkReply], list[int]]] = field(default_factory=list)
+    #: Positions to send again (no answer, 429, 5xx), and why, for humans.
+    retry: list[int] = field(default_factory=list)
+    retry_reason: str = ""
+    #: Every message created, already there, or durably dead-lettered.
+    accounted: bool = False
+
+
+class CommitOrder:
+    """Batches in the order they were polled; only an accounted-for front is ever committed.
+
+    Bulk requests of a later batch can finish before an earlier batch's;
+    committing the later batch's offsets then would, after a crash, skip the
+    earlier batch's messages that are not indexed yet. So offsets are
+    released only for batches that are accounted for along with every batch
+    polled before them.
+    """
+
+    def __init__(self) -> None:
+        self._batches: deque[Batch] = deque()
+
+    def add(self, batch: Batch) -> None:
+        self._batches.append(batch)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(list(self._batches))
+
+    def release(self) -> tuple[list[Batch], dict[Any, ConsumerRecord]]:
+        """Remove the accounted-for front; return it and, per partition, its last message."""
+        done: list[Batch] = []
+        ends: dict[Any, ConsumerRecord] = {}
+        while self._batches and self._batches[0].accounted:
+            batch = self._batches.popleft()
+            done.append(batch)
+            for tp, message in batch.ends.items():
+                if tp not in ends or message.offset > ends[tp].offset:
+                    ends[tp] = message
+        return done, ends
+
+
 # -- the shipper --------------------------------------------------------------------------
 
 
@@ -231,6 +297,10 @@ class Shipper:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._client: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._order = CommitOrder()
+        #: Seconds before the next retry of a bulk request; doubles while they keep failing.
+        self._delay = es_options.backoff
         self._paused = False
         #: Next offset per partition that this shipper committed (filters re-reads).
         self._committed: dict[Any, int] = {}
@@ -259,6 +329,12 @@ class Shipper:
     def run(self) -> ShipStats:
         """Ship until `stop` is called; returns the final counters.
 
+        One thread (this one) makes every consumer call (poll, commit, pause,
+        resume: kafka-python's consumer is not thread-safe) and all the
+        bookkeeping; bulk requests run on ``concurrency`` worker threads. While
+        they run, the next batch is polled and checked, so Elasticsearch is
+        not left idle during fetches, checks and commits.
+
         Raises `ConfigError` when Elasticsearch refuses the index template
         (e.g. an analyzer that is not installed).
         """
@@ -267,25 +343,51 @@ class Shipper:
             if self.es_options.install_template and not self._install_template():
                 return self.stats
             self._consumer = self._make_consumer()
+            self._pool = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="logpipe-bulk")
             self.stats.state = "running"
             while not self._stop.is_set():
-                batch = self._collect()
-                if batch and not self._ship(batch):
+                if len(self._order) < BATCHES_IN_FLIGHT:
+                    messages, ends = self._collect()
+                    if messages:
+                        self._submit(messages, ends)
+                else:
+                    self._await_reply()
+                if not self._settle():
                     break
                 self._tick()
+            else:
+                self._drain()
+            if self.stats.in_flight:
+                self._error(
+                    f"stopped with {self.stats.in_flight} message(s) in flight; "
+                    "they were not committed and will be shipped again"
+                )
         finally:
             self.stats.state = "stopped"
             self._close()
             self._tick(force=True)
         return self.stats
 
+    def _drain(self) -> None:
+        """After a stop: finish the batches in flight and commit them, for up to ``shutdown_timeout``."""
+        while len(self._order) and self._settle() and len(self._order):
+            if self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
+                return
+            self._await_reply()
+            self._tick()
+
     # -- one batch ------------------------------------------------------------------------
 
-    def _collect(self) -> list[ConsumerRecord]:
-        """Poll until a batch is full, its first message has waited ``batch_max_wait``, or stop."""
+    def _collect(self) -> tuple[list[ConsumerRecord], dict[Any, ConsumerRecord]]:
+        """Poll until a batch is full, its first message has waited ``batch_max_wait``, or stop.
+
+        Returns the messages and, per partition, the last one. With batches in
+        flight an empty poll returns at once, so their replies are not kept waiting.
+        """
         assert self._consumer is not None
         o = self.options
         batch: list[ConsumerRecord] = []
+        ends: dict[Any, ConsumerRecord] = {}
         deadline: float | None = None
         while len(batch) < o.batch_size and not self._stop.is_set():
             now = time.monotonic()
@@ -293,10 +395,15 @@ class Shipper:
                 break
             slice_s = 0.25 if deadline is None else min(0.25, deadline - now)
             polled = self._consumer.poll(timeout_ms=max(int(slice_s * 1000), 1), max_records=o.batch_size - len(batch))
-            for records in polled.values():
-                for message in records:
-                    if message.offset >= self._committed.get(_tp(message), -1):
-                        batch.append(message)
+            for tp, records in polled.items():
+                floor = self._committed.get(tp, -1)
+                if records[0].offset < floor:  # re-read after a rebalance: already committed
+                    records = [m for m in records if m.offset >= floor]
+                if records:
+                    batch.extend(records)
+                    ends[tp] = records[-1]
+            if not batch and len(self._order):
+                break
             if batch and deadline is None:
                 deadline = time.monotonic() + o.batch_max_wait
             self._tick()
@@ -304,110 +411,128 @@ class Shipper:
             self.stats.first_at = time.monotonic()
         self.stats.consumed += len(batch)
         self.stats.in_flight += len(batch)
-        return batch
+        return batch, ends
 
-    def _ship(self, batch: Sequence[ConsumerRecord]) -> bool:
-        """Index *batch*, dead-letter what cannot be indexed, commit; False when stopped before done."""
-        docs, sources, dead = self._prepare(batch)
-        if not self._index(docs, sources, dead) or not self._dead_letter(dead):
-            self._error(
-                f"stopped with {len(batch)} message(s) in flight; they were not committed and will be shipped again"
-            )
-            return False
-        self._resume()
-        self._commit(batch)
-        self.stats.last_at = time.monotonic()
-        return True
+    def _submit(self, messages: Sequence[ConsumerRecord], ends: dict[Any, ConsumerRecord]) -> None:
+        """Check *messages*, queue the bulk requests of the good ones, and track the batch for its commit."""
+        batch = Batch(len(messages), ends)
+        self._prepare(batch, messages)
+        self._order.add(batch)
+        self._send(batch, range(len(batch.lines)))
 
-    def _prepare(
-        self, batch: Sequence[ConsumerRecord]
-    ) -> tuple[list[es.BulkDoc], list[ConsumerRecord], list[DeadLetter]]:
-        docs: list[es.BulkDoc] = []
-        sources: list[ConsumerRecord] = []
-        dead: list[DeadLetter] = []
+    def _prepare(self, batch: Batch, messages: Iterable[ConsumerRecord]) -> None:
+        """Turn good messages into bulk lines (their value sent as it came); set the others aside."""
         prefix = self.es_options.index_prefix
-        for message in batch:
-            problem = self._malformed(message)
-            if problem:
-                dead.append(DeadLetter(message, problem))
-                continue
-            record = Record.from_json(message.value)
-            docs.append(es.BulkDoc(es.index_name(prefix, record.ts), record.id, message.value))
-            sources.append(message)
-        return docs, sources, dead
-
-    def _malformed(self, message: ConsumerRecord) -> str | None:
-        """Why *message* cannot be a document, or None."""
-        value = message.value
         limit = self.options.max_message_bytes
-        if value is None:
-            return "empty message (no value)"
-        if len(value) > limit:
-            return f"message is {len(value)} bytes, over max_message_bytes={limit} ({ENV_PREFIX}MAX_MESSAGE_BYTES)"
-        try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            return f"not JSON: {exc}"
-        if not isinstance(doc, dict):
-            return f"not a JSON object but {_json_type(doc)}"
-        missing = [key for key in ("Id", "Msg", "Time") if key not in doc]
-        if missing:
-            return f"missing {', '.join(missing)}"
-        record_id = doc["Id"]
-        if not isinstance(record_id, str) or not record_id or len(record_id.encode()) > es.MAX_ID_BYTES:
-            return f"Id must be a non-empty string of at most {es.MAX_ID_BYTES} bytes"
-        if not isinstance(doc["Time"], str):
-            return f"Time must be a string, not {_json_type(doc['Time'])}"
-        return None
+        for message in messages:
+            found = _document(message.value, limit)
+            if isinstance(found, str):
+                batch.dead.append(DeadLetter(message, found))
+                continue
+            doc_id, moment, source = found
+            try:
+                index = es.index_name(prefix, _parse_ts(moment))
+            except (ValueError, OverflowError, OSError):
+                batch.dead.append(DeadLetter(message, f"Time {moment!r} is out of range"))
+                continue
+            batch.sources.append(message)
+            batch.indices.append(index)
+            batch.lines.append(es.create_line(index, doc_id, source))
 
-    def _index(self, docs: list[es.BulkDoc], sources: list[ConsumerRecord], dead: list[DeadLetter]) -> bool:
-        """Bulk-create *docs* until each is created, already there, or refused (then dead-lettered)."""
-        pending = list(range(len(docs)))
-        delay = self.es_options.backoff
-        while pending:
-            outcome = es.bulk_create_concurrently(
-                self._client, [docs[i] for i in pending], self.es_options, self.options.concurrency, wait=self._wait
-            )
-            self.stats.indexed += outcome.created
-            self.stats.duplicates += outcome.duplicates
-            for item in outcome.rejected:
-                message = sources[pending[item.position]]
-                dead.append(DeadLetter(message, f"refused by Elasticsearch: {item.reason}", item.status, item.index))
-                self.stats.rejected += 1
-            pending = [pending[item.position] for item in outcome.retry]
-            if not pending:
-                break
-            retry = outcome.retry
-            self.stats.retries += 1
-            self._error(
-                f"Elasticsearch: {len(pending)} document(s) not indexed: {outcome.error or retry[0].reason}; retrying"
-            )
-            self.stats.state = "waiting for Elasticsearch"
-            if not self._wait(delay):
+    def _send(self, batch: Batch, positions: Sequence[int]) -> None:
+        """Queue bulk requests for *positions* of *batch*, cut by ``CHUNK_SIZE`` and ``MAX_CHUNK_BYTES``."""
+        assert self._pool is not None
+        e = self.es_options
+        for chunk in es.split(positions, batch.lines, e.chunk_size, e.max_chunk_bytes):
+            lines = [batch.lines[p] for p in chunk]
+            indices = [batch.indices[p] for p in chunk]
+            batch.requests.append((self._pool.submit(es.send_bulk, self._client, lines, indices), chunk))
+
+    def _await_reply(self, timeout: float = 0.25) -> None:
+        """Block until a bulk request in flight finishes, or *timeout*."""
+        running = [future for batch in self._order for future, _ in batch.requests]
+        if running:
+            wait(running, timeout, return_when=FIRST_COMPLETED)
+        else:
+            self._stop.wait(0.01)
+
+    def _settle(self) -> bool:
+        """Account for the replies that came back: retry, dead-letter and commit what is due.
+
+        Returns False when a stop's grace time ran out while Elasticsearch or
+        the dead-letter destination was down (nothing more is committed then).
+        """
+        for batch in self._order:
+            if batch.accounted:
+                continue
+            self._reap(batch)
+            if batch.requests:
+                continue
+            if batch.retry:
+                if not self._retry(batch):
+                    return False
+                continue
+            if not self._dead_letter(batch.dead):
                 return False
-            delay = min(delay * 2, self.es_options.max_backoff) or self.es_options.backoff
-        if self.stats.state == "waiting for Elasticsearch":
-            self.stats.state = "running"
+            batch.accounted = True
+        done, ends = self._order.release()
+        if done:
+            self._resume()
+            self._commit(ends, sum(batch.size for batch in done))
+            self.stats.last_at = time.monotonic()
         return True
 
-    def _commit(self, batch: Sequence[ConsumerRecord]) -> None:
-        """Commit the offsets after *batch* for the partitions this shipper still owns."""
+    def _reap(self, batch: Batch) -> None:
+        """Count the finished requests of *batch*; note refused documents and those to send again."""
+        running = []
+        for future, chunk in batch.requests:
+            if not future.done():
+                running.append((future, chunk))
+                continue
+            reply = future.result()
+            self.stats.indexed += reply.created
+            self.stats.duplicates += reply.duplicates
+            for item in reply.rejected:
+                message = batch.sources[chunk[item.position]]
+                batch.dead.append(
+                    DeadLetter(message, f"refused by Elasticsearch: {item.reason}", item.status, item.index)
+                )
+                self.stats.rejected += 1
+            retry = reply.retry
+            if retry:
+                batch.retry.extend(chunk[item.position] for item in retry)
+                batch.retry_reason = reply.error or retry[0].reason
+            else:
+                self._delay = self.es_options.backoff
+                if self.stats.state == "waiting for Elasticsearch":
+                    self.stats.state = "running"
+        batch.requests = running
+
+    def _retry(self, batch: Batch) -> bool:
+        """Send the unanswered documents of *batch* again after a backoff; False when stopped meanwhile."""
+        self.stats.retries += 1
+        self._error(f"Elasticsearch: {len(batch.retry)} document(s) not indexed: {batch.retry_reason}; retrying")
+        self.stats.state = "waiting for Elasticsearch"
+        if not self._wait(self._delay):
+            return False
+        self._delay = min(self._delay * 2, self.es_options.max_backoff) or self.es_options.backoff
+        positions, batch.retry = sorted(batch.retry), []
+        self._send(batch, positions)
+        return True
+
+    def _commit(self, ends: Mapping[Any, ConsumerRecord], count: int) -> None:
+        """Commit one past each message of *ends* (*count* messages accounted for) for partitions still owned."""
         from kafka.errors import CommitFailedError, KafkaError
         from kafka.structs import OffsetAndMetadata
 
         assert self._consumer is not None
-        ends: dict[Any, ConsumerRecord] = {}
-        for message in batch:
-            tp = _tp(message)
-            if tp not in ends or message.offset > ends[tp].offset:
-                ends[tp] = message
         owned = self._consumer.assignment()
         offsets = {}
         for tp, message in ends.items():
             if tp in owned and message.offset + 1 > self._committed.get(tp, -1):
                 epoch = message.leader_epoch if message.leader_epoch is not None else -1
                 offsets[tp] = OffsetAndMetadata(message.offset + 1, "", epoch)
-        self.stats.in_flight = max(0, self.stats.in_flight - len(batch))
+        self.stats.in_flight = max(0, self.stats.in_flight - count)
         if not offsets:
             return
         try:
@@ -602,6 +727,9 @@ class Shipper:
             delay = min(delay * 2, self.es_options.max_backoff) or self.es_options.backoff
 
     def _close(self) -> None:
+        if self._pool is not None:
+            # Requests still running (a stop that gave up) finish on their own; none is waited for.
+            self._pool.shutdown(wait=False, cancel_futures=True)
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
@@ -650,6 +778,36 @@ class Shipper:
     def _error(self, text: str) -> None:
         self.stats.errors += 1
         self.stats.last_error = text
+
+
+def _document(value: bytes | None, limit: int) -> tuple[str, str, bytes] | str:
+    """``(Id, Time, source)`` of a message that can be a document, or why it cannot.
+
+    The value is parsed once, to check it; the source sent is the value
+    itself, with any raw newline (JSON whitespace, e.g. pretty-printed by a
+    foreign producer) made a space, since a bulk body is one source per line.
+    """
+    if value is None:
+        return "empty message (no value)"
+    if len(value) > limit:
+        return f"message is {len(value)} bytes, over max_message_bytes={limit} ({ENV_PREFIX}MAX_MESSAGE_BYTES)"
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(doc, dict):
+        return f"not a JSON object but {_json_type(doc)}"
+    if "Id" not in doc or "Msg" not in doc or "Time" not in doc:
+        return "missing " + ", ".join(key for key in ("Id", "Msg", "Time") if key not in doc)
+    record_id = doc["Id"]
+    if not isinstance(record_id, str) or not record_id or len(record_id.encode()) > es.MAX_ID_BYTES:
+        return f"Id must be a non-empty string of at most {es.MAX_ID_BYTES} bytes"
+    moment = doc["Time"]
+    if not isinstance(moment, str):
+        return f"Time must be a string, not {_json_type(moment)}"
+    if b"\n" in value or b"\r" in value:
+        value = value.replace(b"\n", b" ").replace(b"\r", b" ")
+    return record_id, moment, value
 
 
 def _tp(message: ConsumerRecord) -> Any:
