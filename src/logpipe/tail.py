@@ -186,13 +186,29 @@ def kafkalog_record(line: bytes) -> Record | None:
         return None
     trace_id = doc.get("TraceId")
     service = doc.get("Service")
-    return Record(
-        record_id,
-        _parse_ts(time_text),
-        trace_id if type(trace_id) is str else "",
-        service if type(service) is str else "",
-        line,
+    # tuple.__new__: a Record without the named tuple's Python-level __new__ (this runs once a line)
+    return tuple.__new__(
+        Record,
+        (
+            record_id,
+            _time_of(time_text),
+            trace_id if type(trace_id) is str else "",
+            service if type(service) is str else "",
+            line,
+        ),
     )
+
+
+def _time_of(text: str) -> float:
+    """Epoch seconds of a record's ``Time``: ISO 8601 with an offset directly, anything else as `Record` does."""
+    try:
+        moment = _fromisoformat(text)
+    except ValueError:
+        return _parse_ts(text)
+    return moment.timestamp() if moment.tzinfo is not None else _parse_ts(text)
+
+
+_fromisoformat = datetime.fromisoformat
 
 
 #: C0 controls (but tab) and DEL, shown as ``\\xNN`` in a wrapped line's ``Msg``.
