@@ -689,7 +689,7 @@ class Tailer:
                 self._next_scan = now + self.options.scan_interval
             began = False
             read = False
-            if self._failing:
+            if self._failing or self._unsent():
                 if not self._flights and now >= self._retry_at:
                     began = self._resend(max_in_flight)
             elif not self._recovering():
@@ -711,6 +711,10 @@ class Tailer:
             if self._failing:
                 wait = max(0.0, min(wait, self._retry_at - time.monotonic()))
             self._stop.wait(wait)
+
+    def _unsent(self) -> bool:
+        """Failed records wait to be sent again (more failed batches than fit in flight at once)."""
+        return any(b.todo and not b.in_flight for b in self._unsettled)
 
     def _recovering(self) -> bool:
         """Records that failed are still unsettled: the file waits (memory stays bounded by what is in hand)."""
