@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from logpipe.cli import main
 from logpipe.exceptions import ConfigError
 from logpipe.exporters.base import Exporter, ExportResult
 from logpipe.record import Record, make_record
-from logpipe.shipper import ShipOptions, Shipper, load_options
+from logpipe.shipper import Batch, CommitOrder, ShipOptions, Shipper, load_options
 from logpipe.testing import InMemoryExporter
 
 servers = [pytest.mark.kafka, pytest.mark.elasticsearch]
@@ -89,6 +90,64 @@ class TestOptions:
         """On the command line the error names the flag."""
         result = CliRunner().invoke(main, ["ship", "-t", "x", "--batch-size", "0"])
         assert result.exit_code == 2 and "--batch-size" in result.output
+
+
+Message = namedtuple("Message", "topic partition offset")
+
+
+def _batch(*ends: tuple[str, int]) -> Batch:
+    """A batch whose last message per partition (topic "t") is at the given offsets."""
+    return Batch(size=len(ends), ends={tp: Message("t", tp, offset) for tp, offset in ends})
+
+
+class TestCommitOrder:
+    def test_never_past_a_batch_not_accounted_for(self) -> None:
+        """Later batches finishing first are held back until every earlier batch is accounted for."""
+        order = CommitOrder()
+        first, second, third = _batch(("p0", 9), ("p1", 4)), _batch(("p0", 19)), _batch(("p1", 14))
+        for batch in (first, second, third):
+            order.add(batch)
+        second.accounted = third.accounted = True
+        assert order.release() == ([], {})
+        assert len(order) == 3
+        first.accounted = True
+        done, ends = order.release()
+        assert done == [first, second, third] and len(order) == 0
+        assert {tp: m.offset for tp, m in ends.items()} == {"p0": 19, "p1": 14}
+
+    def test_releases_only_the_front(self) -> None:
+        """An accounted-for front is released; the rest waits, in poll order."""
+        order = CommitOrder()
+        first, second, third = _batch(("p0", 9)), _batch(("p0", 19)), _batch(("p0", 29))
+        for batch in (first, second, third):
+            order.add(batch)
+        first.accounted = third.accounted = True
+        done, ends = order.release()
+        assert done == [first] and ends["p0"].offset == 9
+        assert list(order) == [second, third]
+
+
+class TestBulkLines:
+    def test_split_by_count_and_bytes(self) -> None:
+        """Requests hold at most chunk_size documents and max_bytes bytes; an oversized line goes alone."""
+        lines = [b"x" * 10] * 5 + [b"y" * 100] + [b"z" * 10] * 2
+        assert es.split(range(8), lines, 3, 1000) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+        assert es.split(range(8), lines, 10, 45) == [[0, 1, 2, 3], [4], [5], [6, 7]]
+        assert es.split([7, 2, 5], lines, 10, 1000) == [[7, 2, 5]]
+
+    def test_create_line(self) -> None:
+        """One create action with the Id JSON-escaped, then the source as it came."""
+        line = es.create_line("logs-2026.11.25", 'a"b', b'{"Id":"a\\"b"}')
+        action, source, end = line.split(b"\n")
+        assert orjson.loads(action) == {"create": {"_index": "logs-2026.11.25", "_id": 'a"b'}}
+        assert source == b'{"Id":"a\\"b"}' and end == b""
+
+    def test_daily_index_is_the_utc_day(self) -> None:
+        """The cached index name is the event's UTC day, also right before and after midnight."""
+        midnight = 1764028800  # 2025-11-25T00:00:00Z
+        assert es.index_name("logs", midnight - 0.001) == "logs-2025.11.24"
+        assert es.index_name("logs", midnight) == "logs-2025.11.25"
+        assert es.index_name("other", midnight + 86399.9) == "other-2025.11.25"
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------------
@@ -489,6 +548,56 @@ class TestEndToEnd:
         _assert_exactly(client, names["prefix"], ids)
         assert sa.indexed > 0 and sb.indexed > 0 and sa.indexed + sb.indexed == 3000
 
+    def test_pipelined_batches_commit_in_poll_order(
+        self,
+        kafka_service: Service,
+        es_service: Service,
+        client: Any,
+        names: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The first batch's request is held back: the next batch is indexed meanwhile, nothing is committed.
+
+        Once it is let go everything is committed, and the bulk threads end with the shipper.
+        """
+        chain = Chain(kafka_service.address, names["topic"])
+        chain.emit(600)
+        ids = chain.flush()
+        gate = threading.Event()
+        held: list[int] = []
+        lock = threading.Lock()
+        send_bulk = es.send_bulk
+
+        def first_one_waits(es_client: Any, lines: Sequence[bytes], indices: Sequence[str]) -> es.BulkReply:
+            with lock:
+                first = not held
+                held.append(len(lines))
+            if first:
+                gate.wait(60)
+            return send_bulk(es_client, lines, indices)
+
+        monkeypatch.setattr(es, "send_bulk", first_one_waits)
+        ticks: list[int] = []
+        options, es_options = _options(kafka_service, es_service, names, batch_size=100, concurrency=2)
+        shipper = Shipper(options, es_options, progress=lambda stats: ticks.append(stats.commits))
+        running = _Running(shipper)
+        try:
+            # the second batch went through while the first one's request hangs ...
+            assert wait_until(lambda: shipper.stats.indexed >= 100, 60)
+            # ... and the shipper has been round its loop since (progress is called after each settle)
+            seen = len(ticks)
+            assert wait_until(lambda: len(ticks) >= seen + 2, 30)
+            assert shipper.stats.commits == 0 and shipper.stats.in_flight >= 200
+            assert _committed(kafka_service, names["group"]) == 0
+        finally:
+            gate.set()
+        _wait_count(client, names["prefix"], 600, 60)
+        assert wait_until(lambda: _committed(kafka_service, names["group"]) == 600, 60)
+        stats = running.stop()
+        _assert_exactly(client, names["prefix"], ids)
+        assert stats.in_flight == 0 and stats.indexed == 600
+        assert wait_until(lambda: not any(t.name.startswith("logpipe-bulk") for t in threading.enumerate()), 30)
+
 
 # -- dead letters --------------------------------------------------------------------------------------
 
@@ -508,6 +617,7 @@ def _malformed_stream() -> tuple[list[bytes], list[str], dict[int, str]]:
     """Good and bad messages interleaved; returns values, good Ids, {offset: reason words}."""
     good = [make_record(type="info", msg=f"good {i}") for i in range(6)]
     oversized = make_record(type="info", msg="x" * 20_000)
+    pretty = make_record(type="info", msg="pretty\nprinted")
     no_id = orjson.loads(good[0].payload)
     del no_id["Id"]
     bad_time = orjson.loads(make_record(type="info", msg="bad time").payload)
@@ -521,6 +631,8 @@ def _malformed_stream() -> tuple[list[bytes], list[str], dict[int, str]]:
         oversized.payload,
         orjson.dumps(bad_time),
         *[g.payload for g in good[2:]],
+        # valid, but over several lines: shipped (its newlines are JSON whitespace), not dead-lettered
+        orjson.dumps(orjson.loads(pretty.payload), option=orjson.OPT_INDENT_2),
     ]
     reasons = {
         1: "not JSON",
@@ -529,7 +641,7 @@ def _malformed_stream() -> tuple[list[bytes], list[str], dict[int, str]]:
         5: "max_message_bytes",
         6: "refused by Elasticsearch: document_parsing_exception",
     }
-    return values, [g.id for g in good], reasons
+    return values, [g.id for g in good] + [pretty.id], reasons
 
 
 @servers[0]

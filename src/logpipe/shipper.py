@@ -110,6 +110,12 @@ class ShipOptions:
     max_message_bytes: int = setting(
         1024 * 1024, "Larger messages go to the dead-letter destination.", check=at_least(1)
     )
+    fetch_max_bytes: int = setting(
+        16 * 1024 * 1024,
+        "Most bytes one Kafka fetch brings (at least MAX_MESSAGE_BYTES); larger fetches keep "
+        "Elasticsearch busy with fewer round trips, at the cost of memory.",
+        check=at_least(64 * 1024),
+    )
     dead_letter: str = setting(
         "{topic}.dlq", "Dead-letter Kafka topic ({topic} = the source topic) or file:PATH for JSON Lines."
     )
@@ -648,6 +654,7 @@ class Shipper:
 
         o = self.options
         shipper = self
+        fetch_bytes = max(o.fetch_max_bytes, o.max_message_bytes + 64 * 1024)
 
         class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             def on_partitions_revoked(self, revoked: Any) -> None:
@@ -669,8 +676,12 @@ class Shipper:
             enable_auto_commit=False,
             auto_offset_reset=o.auto_offset_reset,
             max_poll_records=o.batch_size,
-            # What one poll may buffer: bounded by partitions x this, not by the topic.
-            max_partition_fetch_bytes=max(o.max_message_bytes + 64 * 1024, 1024 * 1024),
+            # What one fetch response may bring, from one partition or all of them: the
+            # memory of fetched messages is about this much per broker. kafka-python asks
+            # a partition again only once its buffered messages are taken, so small fetches
+            # (1 MiB, about 3,000 messages) leave the shipper waiting on the broker.
+            fetch_max_bytes=fetch_bytes,
+            max_partition_fetch_bytes=fetch_bytes,
         )
         listener = Listener()
         if o.pattern:

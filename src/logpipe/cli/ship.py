@@ -33,6 +33,7 @@ _FLAGS = {
     "batch_max_wait": "--batch-max-wait",
     "concurrency": "--concurrency",
     "max_message_bytes": "--max-message-bytes",
+    "fetch_max_bytes": "--fetch-max-bytes",
     "dead_letter": "--dead-letter",
     "shutdown_timeout": "--shutdown-timeout",
     "status_interval": "--status-interval",
@@ -71,6 +72,11 @@ _FLAGS = {
     "--max-message-bytes",
     type=int,
     help="Larger messages are dead-lettered (default 1 MiB) [LOGPIPE_SHIP_MAX_MESSAGE_BYTES].",
+)
+@click.option(
+    "--fetch-max-bytes",
+    type=int,
+    help="Most bytes one Kafka fetch brings (default 16 MiB) [LOGPIPE_SHIP_FETCH_MAX_BYTES].",
 )
 @click.option("--dead-letter", help="Topic template ({topic}.dlq by default) or file:PATH [LOGPIPE_SHIP_DEAD_LETTER].")
 @click.option(
