@@ -2,9 +2,10 @@
 
 The delivery guarantee is at least once, without duplicate documents:
 
-* offsets are committed only after every message of a batch is accounted
-  for: created in Elasticsearch, already there (409), or written to the
-  dead-letter destination. A crash at any point redelivers the uncommitted
+* offsets are committed only after every message of a batch, and of every
+  batch polled before it, is accounted for: created in Elasticsearch,
+  already there (409), or written to the dead-letter destination (batches
+  are pipelined, see `CommitOrder`). A crash at any point redelivers the uncommitted
   messages, and because each document's ``_id`` is the record's ``Id`` the
   redelivered ones are no-ops (409), never second copies;
 * while Elasticsearch is unreachable the batch is retried with backoff,
@@ -101,7 +102,7 @@ class ShipOptions:
     batch_size: int = setting(2000, "Most messages shipped (and committed) together.", check=at_least(1))
     concurrency: int = setting(
         2,
-        "Bulk requests in flight at once while a batch is indexed (elasticsearch-py's parallel_bulk).",
+        "Bulk requests in flight at once, across batch boundaries (elasticsearch-py's parallel_bulk).",
         check=at_least(1),
     )
     batch_max_wait: float = setting(
@@ -121,7 +122,7 @@ class ShipOptions:
     )
     shutdown_timeout: float = setting(
         30.0,
-        "Seconds a stop request waits for the batch in flight (e.g. while Elasticsearch is down).",
+        "Seconds a stop request waits for the batches in flight (e.g. while Elasticsearch is down).",
         check=at_least(0),
     )
     status_interval: float = setting(2.0, "Seconds between progress updates.", check=at_least(0.1))
@@ -315,7 +316,7 @@ class Shipper:
     # -- control --------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask `run` to finish the batch in flight, commit and return (thread- and signal-safe)."""
+        """Ask `run` to finish the batches in flight, commit and return (thread- and signal-safe)."""
         if self._stop_deadline is None:
             self._stop_deadline = time.monotonic() + self.options.shutdown_timeout
         self._stop.set()
