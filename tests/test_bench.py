@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORE_PEERS = {"logpipe", "logpipe_discard", "structlog", "otel", "otel_discard"}
 ALL_PEERS = {
     "logpipe",
-    "logpipe_purecrc",
+    "logpipe_thread",
     "logpipe_discard",
     "logpipe_confluent",
     "structlog",

@@ -144,6 +144,11 @@ class TailOptions:
         30.0, "Seconds a stop waits for batches in flight (e.g. while Kafka is down).", check=at_least(0)
     )
     status_interval: float = setting(2.0, "Seconds between progress updates.", check=at_least(0.1))
+    isolation: Literal["auto", "thread", "process"] = setting(
+        "auto",
+        "Where the Kafka exporter runs, as LOGPIPE_ISOLATION: process (a child process: reading and "
+        "recognising lines and kafka-python's work use two cores), thread, or auto (process).",
+    )
 
 
 def load_options(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> TailOptions:
@@ -622,8 +627,9 @@ class Tailer:
         self._own_exporter = exporter is None
         if exporter is None:
             from . import plugins
+            from .exporters.process import isolate
 
-            exporter = plugins.create("kafka", exporter_overrides)
+            exporter = isolate(plugins.create("kafka", exporter_overrides), options.isolation)
         self.exporter = exporter
         self.registry = Registry(options.registry)
         self._progress = progress
