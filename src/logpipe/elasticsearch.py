@@ -23,7 +23,6 @@ when Elasticsearch is not used.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,7 +34,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from . import __version__
+from . import __version__, durable
 from .config import at_least, setting
 from .exceptions import ConfigError
 
@@ -627,13 +626,6 @@ def append_json_lines(path: Path, entries: Sequence[Mapping[str, Any]]) -> None:
     """
     if not entries:
         return
-    data = b"".join(orjson.dumps(e, option=orjson.OPT_NON_STR_KEYS, default=str) + b"\n" for e in entries)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    durable.append(
+        path, b"".join(orjson.dumps(e, option=orjson.OPT_NON_STR_KEYS, default=str) + b"\n" for e in entries)
+    )

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from . import durable
 from .exporters.base import Exporter, ExportResult, PartialFailure
 from .record import Record
 
@@ -180,7 +181,7 @@ class Spool:
                 return 0
             fd = self._writable(len(data))
             try:
-                _write_all(fd, data)
+                durable.write_all(fd, data)
             except OSError:
                 self._roll()  # a partial line must end a segment, never precede the next write
                 raise
@@ -237,7 +238,7 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX)
         final = self.directory / name
         os.rename(temp, final)
-        _fsync_dir(self.directory)
+        durable.fsync_dir(self.directory)
         self._fd, self._active, self._active_size = fd, final, 0
 
     def _roll(self) -> None:
@@ -522,13 +523,6 @@ class DirectoryLock:
 # -- file helpers ---------------------------------------------------------------------
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def _size(path: Path) -> int:
     try:
         return os.stat(path).st_size
@@ -553,33 +547,13 @@ def _write_offset(segment: Path, offset: int) -> None:
     """Replace the offset file atomically and durably."""
     final = _offset_path(segment)
     temp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, str(offset).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, final)
-    _fsync_dir(segment.parent)
+    durable.replace(final, str(offset).encode(), temp=temp)
 
 
 def _remove_segment(segment: Path) -> None:
     """Delete a segment and its offset file (the segment first: a lone offset file is harmless)."""
     segment.unlink(missing_ok=True)
     _offset_path(segment).unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _written_elsewhere(segment: Path) -> bool:

@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import orjson
 
-from . import config
+from . import config, durable
 from .config import at_least, setting
 from .exceptions import ConfigError
 from .exporters.base import Exporter, ExportResult, PartialFailure, Pending
@@ -340,32 +340,8 @@ class Registry:
             for e in sorted(self.entries.values(), key=lambda e: e.path)
         ]
         data = orjson.dumps({"version": REGISTRY_VERSION, "files": files}, option=orjson.OPT_INDENT_2) + b"\n"
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, self.path)
-        _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        durable.replace(self.path, data, temp=self.path.with_name(self.path.name + ".tmp"))
 
 
 # -- counters -------------------------------------------------------------------------------
@@ -1034,13 +1010,4 @@ def _crc(fd: int, length: int) -> int:
 
 def _append_lines(path: Path, records: Sequence[Record]) -> None:
     """Append the payloads to *path*, one per line, in one write, then fsync."""
-    data = b"".join(r.payload + b"\n" for r in records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    durable.append(path, b"".join(r.payload + b"\n" for r in records))

@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..durable import write_all
 from ..record import Record
 from .base import Done, Exporter, ExportResult, PartialFailure, Pending
 
@@ -500,6 +501,4 @@ def _frames(fd: int) -> Any:
 
 
 def _write(fd: int, kind: int, seq: int, body: bytes) -> None:
-    data = memoryview(_HEADER.pack(kind, seq, len(body)) + body)
-    while data:
-        data = data[os.write(fd, data) :]
+    write_all(fd, _HEADER.pack(kind, seq, len(body)) + body)
