@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import functools
 import sys
 import time
-from collections import deque
 from typing import Any
 
 import click
 from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from ..exceptions import ConfigError
 from ..shipper import ShipOptions, Shipper, ShipStats, load_options
+from . import progress
 
 #: Setting -> the flag that sets it, so errors name what the user typed.
 _FLAGS = {
@@ -100,9 +98,18 @@ def ship(quiet: bool, **flags: Any) -> None:
     except ConfigError as exc:
         raise click.UsageError(_with_flags(str(exc))) from exc
     err = Console(stderr=True)
-    display = _Display(options, err, live=not quiet and err.is_terminal, lines=not quiet and not err.is_terminal)
+    display = progress.Display[ShipStats](
+        "logpipe ship",
+        err,
+        status_interval=options.status_interval,
+        live=not quiet and err.is_terminal,
+        lines=not quiet and not err.is_terminal,
+        count=_done,
+        line=_line,
+        render=functools.partial(_render, options),
+    )
     shipper = Shipper(options, es_options, progress=display.update, track_lag=not quiet)
-    _install_signals(shipper, err)
+    progress.install_signals(shipper, "logpipe ship: second signal, exiting without committing the batch in flight")
     from kafka.errors import KafkaError
 
     try:
@@ -126,19 +133,6 @@ def _with_flags(message: str) -> str:
     return message
 
 
-def _install_signals(shipper: Shipper, err: Console) -> None:
-    """First SIGTERM/SIGINT: finish the batch in flight, commit, exit. Second: exit now."""
-
-    def handler(signum: int, frame: object) -> None:
-        if shipper.stopping:
-            os.write(2, b"logpipe ship: second signal, exiting without committing the batch in flight\n")
-            os._exit(128 + signum)
-        shipper.stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
 def _summary(stats: ShipStats, rate: float) -> str:
     seconds = time.monotonic() - stats.started
     text = (
@@ -152,65 +146,37 @@ def _summary(stats: ShipStats, rate: float) -> str:
     return text
 
 
-class _Display:
-    """Rich live table on a terminal, one line per interval otherwise, errors only with --quiet."""
+def _done(stats: ShipStats) -> int:
+    """Messages accounted for (indexed, already indexed, dead-lettered): what the displayed rate counts."""
+    return stats.indexed + stats.duplicates + stats.dead_lettered
 
-    def __init__(self, options: ShipOptions, console: Console, *, live: bool, lines: bool) -> None:
-        self.options = options
-        self.console = console
-        self.lines = lines
-        self.live = Live(console=console, auto_refresh=False, transient=False) if live else None
-        # rate over the last ~10 s
-        self._samples: deque[tuple[float, int]] = deque(maxlen=max(2, int(10 / options.status_interval) + 1))
-        self._errors_seen = 0
 
-    def __enter__(self) -> _Display:
-        if self.live is not None:
-            self.live.__enter__()
-        return self
+def _line(stats: ShipStats, rate: float) -> str:
+    """The status line written each interval when stderr is not a terminal (a log, a pipe)."""
+    lag = sum(stats.lag.values())
+    return (
+        f"{stats.state} indexed={stats.indexed} duplicates={stats.duplicates} "
+        f"dead_lettered={stats.dead_lettered} rate={rate:.0f}/s lag={lag} errors={stats.errors}"
+    )
 
-    def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.__exit__(None, None, None)
 
-    def update(self, stats: ShipStats) -> None:
-        now = time.monotonic()
-        done = stats.indexed + stats.duplicates + stats.dead_lettered
-        self._samples.append((now, done))
-        first_t, first_done = self._samples[0]
-        rate = (done - first_done) / (now - first_t) if now > first_t else 0.0
-        new_error = stats.errors > self._errors_seen and stats.last_error
-        self._errors_seen = stats.errors
-        if self.live is not None:
-            self.live.update(self._render(stats, rate), refresh=True)
-        elif self.lines:
-            lag = sum(stats.lag.values())
-            self.console.print(
-                f"logpipe ship: {stats.state} indexed={stats.indexed} duplicates={stats.duplicates} "
-                f"dead_lettered={stats.dead_lettered} rate={rate:.0f}/s lag={lag} errors={stats.errors}",
-                highlight=False,
-                soft_wrap=True,
-            )
-        if new_error and self.live is None:
-            self.console.print(f"logpipe ship: {stats.last_error}", highlight=False, soft_wrap=True)
-
-    def _render(self, stats: ShipStats, rate: float) -> Group:
-        o = self.options
-        source = ",".join(o.topics) if o.topics else f"/{o.pattern}/"
-        head = Table.grid(padding=(0, 2))
-        head.add_row("source", f"{source} (group {o.group_id}, {stats.assigned} partition(s))")
-        head.add_row("state", stats.state)
-        head.add_row("rate", f"{rate:,.0f} docs/s")
-        head.add_row(
-            "indexed", f"{stats.indexed:,}  duplicates {stats.duplicates:,}  dead-lettered {stats.dead_lettered:,}"
-        )
-        head.add_row("errors", f"{stats.errors:,}  retries {stats.retries:,}  commits {stats.commits:,}")
-        lag = Table(title="lag = end offset - committed", title_justify="left")
-        lag.add_column("partition")
-        lag.add_column("lag", justify="right")
-        for name, value in sorted(stats.lag.items()):
-            lag.add_row(name, f"{value:,}")
-        parts: list[Any] = [head, lag]
-        if stats.last_error:
-            parts.append(Text(f"last error: {stats.last_error}", style="yellow"))
-        return Group(*parts)
+def _render(o: ShipOptions, stats: ShipStats, rate: float) -> Group:
+    """The live table shown when stderr is a terminal."""
+    source = ",".join(o.topics) if o.topics else f"/{o.pattern}/"
+    head = Table.grid(padding=(0, 2))
+    head.add_row("source", f"{source} (group {o.group_id}, {stats.assigned} partition(s))")
+    head.add_row("state", stats.state)
+    head.add_row("rate", f"{rate:,.0f} docs/s")
+    head.add_row(
+        "indexed", f"{stats.indexed:,}  duplicates {stats.duplicates:,}  dead-lettered {stats.dead_lettered:,}"
+    )
+    head.add_row("errors", f"{stats.errors:,}  retries {stats.retries:,}  commits {stats.commits:,}")
+    lag = Table(title="lag = end offset - committed", title_justify="left")
+    lag.add_column("partition")
+    lag.add_column("lag", justify="right")
+    for name, value in sorted(stats.lag.items()):
+        lag.add_row(name, f"{value:,}")
+    parts: list[Any] = [head, lag]
+    if stats.last_error:
+        parts.append(Text(f"last error: {stats.last_error}", style="yellow"))
+    return Group(*parts)

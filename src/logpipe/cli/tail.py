@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import functools
 import sys
 import time
-from collections import deque
 from typing import Any
 
 import click
 from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from ..exceptions import ConfigError
 from ..tail import Tailer, TailOptions, TailStats, load_options
+from . import progress
 
 __all__ = ["tail"]
 
@@ -83,12 +81,23 @@ def tail(
     except ConfigError as exc:
         raise click.UsageError(_with_flags(str(exc))) from exc
     err = Console(stderr=True)
-    display = _Display(options, err, live=not quiet and err.is_terminal, lines=not quiet and not err.is_terminal)
+    display = progress.Display[TailStats](
+        "logpipe tail",
+        err,
+        status_interval=options.status_interval,
+        live=not quiet and err.is_terminal,
+        lines=not quiet and not err.is_terminal,
+        count=lambda stats: stats.sent,
+        line=_line,
+        render=functools.partial(_render, options),
+    )
     try:
         tailer = Tailer(options, once=once, exporter_overrides=kafka, progress=display.update)
     except ConfigError as exc:
         raise click.UsageError(str(exc).replace("argument 'topic'", "--topic")) from exc
-    _install_signals(tailer)
+    progress.install_signals(
+        tailer, "logpipe tail: second signal, exiting; unacknowledged lines are read again next time"
+    )
     try:
         with display:
             stats = tailer.run()
@@ -105,19 +114,6 @@ def _with_flags(message: str) -> str:
     return message
 
 
-def _install_signals(tailer: Tailer) -> None:
-    """First SIGTERM/SIGINT: finish the batches in flight, write the registry, exit. Second: exit now."""
-
-    def handler(signum: int, frame: object) -> None:
-        if tailer.stopping:
-            os.write(2, b"logpipe tail: second signal, exiting; unacknowledged lines are read again next time\n")
-            os._exit(128 + signum)
-        tailer.stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
 def _summary(stats: TailStats, unacknowledged: int) -> str:
     seconds = time.monotonic() - stats.started
     text = (
@@ -131,61 +127,31 @@ def _summary(stats: TailStats, unacknowledged: int) -> str:
     return text
 
 
-class _Display:
-    """Rich live table on a terminal, one line per interval otherwise, errors only with --quiet."""
+def _line(stats: TailStats, rate: float) -> str:
+    """The status line written each interval when stderr is not a terminal (a log, a pipe)."""
+    return (
+        f"{stats.state} files_open={stats.files_open} lines_read={stats.lines_read} "
+        f"sent={stats.sent} wrapped={stats.wrapped} too_long={stats.too_long} in_flight={stats.in_flight} "
+        f"rate={rate:.0f}/s errors={stats.errors}"
+    )
 
-    def __init__(self, options: TailOptions, console: Console, *, live: bool, lines: bool) -> None:
-        self.options = options
-        self.console = console
-        self.lines = lines
-        self.live = Live(console=console, auto_refresh=False, transient=False) if live else None
-        self._samples: deque[tuple[float, int]] = deque(maxlen=max(2, int(10 / options.status_interval) + 1))
-        self._errors_seen = 0
 
-    def __enter__(self) -> _Display:
-        if self.live is not None:
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.__exit__(None, None, None)
-
-    def update(self, stats: TailStats) -> None:
-        now = time.monotonic()
-        self._samples.append((now, stats.sent))
-        first_t, first_sent = self._samples[0]
-        rate = (stats.sent - first_sent) / (now - first_t) if now > first_t else 0.0
-        new_error = stats.errors > self._errors_seen and stats.last_error
-        self._errors_seen = stats.errors
-        if self.live is not None:
-            self.live.update(self._render(stats, rate), refresh=True)
-        elif self.lines:
-            self.console.print(
-                f"logpipe tail: {stats.state} files_open={stats.files_open} lines_read={stats.lines_read} "
-                f"sent={stats.sent} wrapped={stats.wrapped} too_long={stats.too_long} in_flight={stats.in_flight} "
-                f"rate={rate:.0f}/s errors={stats.errors}",
-                highlight=False,
-                soft_wrap=True,
-            )
-        if new_error and self.live is None:
-            self.console.print(f"logpipe tail: {stats.last_error}", highlight=False, soft_wrap=True)
-
-    def _render(self, stats: TailStats, rate: float) -> Group:
-        head = Table.grid(padding=(0, 2))
-        head.add_row("following", ", ".join(self.options.paths))
-        head.add_row("state", stats.state)
-        head.add_row(
-            "files open", f"{stats.files_open:,}  rotations {stats.rotations:,}  truncations {stats.truncations:,}"
-        )
-        head.add_row("rate", f"{rate:,.0f} lines/s")
-        head.add_row("lines read", f"{stats.lines_read:,}  ({stats.bytes_read / 1e6:,.1f} MB)")
-        head.add_row(
-            "sent",
-            f"{stats.sent:,}  in flight {stats.in_flight:,}  wrapped {stats.wrapped:,}  too long {stats.too_long:,}",
-        )
-        head.add_row("errors", f"{stats.errors:,}  retries {stats.retries:,}  dead-lettered {stats.dead_lettered:,}")
-        parts: list[Any] = [head]
-        if stats.last_error:
-            parts.append(Text(f"last error: {stats.last_error}", style="yellow"))
-        return Group(*parts)
+def _render(options: TailOptions, stats: TailStats, rate: float) -> Group:
+    """The live table shown when stderr is a terminal."""
+    head = Table.grid(padding=(0, 2))
+    head.add_row("following", ", ".join(options.paths))
+    head.add_row("state", stats.state)
+    head.add_row(
+        "files open", f"{stats.files_open:,}  rotations {stats.rotations:,}  truncations {stats.truncations:,}"
+    )
+    head.add_row("rate", f"{rate:,.0f} lines/s")
+    head.add_row("lines read", f"{stats.lines_read:,}  ({stats.bytes_read / 1e6:,.1f} MB)")
+    head.add_row(
+        "sent",
+        f"{stats.sent:,}  in flight {stats.in_flight:,}  wrapped {stats.wrapped:,}  too long {stats.too_long:,}",
+    )
+    head.add_row("errors", f"{stats.errors:,}  retries {stats.retries:,}  dead-lettered {stats.dead_lettered:,}")
+    parts: list[Any] = [head]
+    if stats.last_error:
+        parts.append(Text(f"last error: {stats.last_error}", style="yellow"))
+    return Group(*parts)
