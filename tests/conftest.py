@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -35,6 +36,32 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def consume_all(address: str, topic: str, timeout: float = 60.0) -> list[Any]:
+    """Every message of *topic*, read from the beginning up to the end offsets of its partitions.
+
+    Without a consumer group, so what a test reads never depends on what an
+    earlier test (or run) committed.
+    """
+    from kafka import KafkaConsumer, TopicPartition  # only the Kafka tests need the client
+
+    consumer = KafkaConsumer(bootstrap_servers=address, enable_auto_commit=False, group_id=None)
+    try:
+        partitions = wait_until(lambda: consumer.partitions_for_topic(topic), timeout=timeout)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]  # type: ignore[attr-defined]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        end = consumer.end_offsets(assigned)
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < end[tp] for tp in assigned):
+            assert time.monotonic() < deadline, f"topic {topic} not read to its end within {timeout}s"
+            for batch in consumer.poll(timeout_ms=500).values():
+                messages.extend(batch)
+        return messages
+    finally:
+        consumer.close()
 
 
 @dataclass

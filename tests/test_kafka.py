@@ -16,11 +16,10 @@ from typing import Any
 import orjson
 import pytest
 import structlog
-from kafka import KafkaConsumer, TopicPartition
 from opentelemetry.sdk.trace import TracerProvider
 
 import logpipe
-from conftest import Service, wait_until
+from conftest import Service, consume_all, wait_until
 from logpipe import plugins
 from logpipe.exporters.base import ExportResult, PartialFailure
 from logpipe.exporters.kafka import KafkaExporter, KafkaOptions
@@ -38,26 +37,6 @@ def free_port() -> int:
 
 def unique_topic(name: str) -> str:
     return f"logpipe-test-{name}-{uuid.uuid4().hex[:10]}"
-
-
-def consume_all(address: str, topic: str, timeout: float = 60.0) -> list[Any]:
-    """Every message of *topic*, read from the beginning up to the end offsets of its partitions."""
-    consumer = KafkaConsumer(bootstrap_servers=address, enable_auto_commit=False, group_id=None)
-    try:
-        partitions = wait_until(lambda: consumer.partitions_for_topic(topic), timeout=timeout)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]  # type: ignore[attr-defined]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        end = consumer.end_offsets(assigned)
-        messages: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < end[tp] for tp in assigned):
-            assert time.monotonic() < deadline, f"topic {topic} not read to its end within {timeout}s"
-            for batch in consumer.poll(timeout_ms=500).values():
-                messages.extend(batch)
-        return messages
-    finally:
-        consumer.close()
 
 
 def spool_of(pipeline: logpipe.Pipeline) -> SpoolExporter:

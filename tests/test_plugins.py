@@ -311,9 +311,7 @@ LOG_ONE = (
 
 
 @pytest.mark.slow
-def test_installed_webhook_plugin_delivers_a_record(
-    plugin_venv: Path, server: Recorder, tmp_path: Path
-) -> None:
+def test_installed_webhook_plugin_delivers_a_record(plugin_venv: Path, server: Recorder, tmp_path: Path) -> None:
     env = _clean_env(LOGPIPE_EXPORTER="webhook", LOGPIPE_WEBHOOK_URL=server.url)
     done = _run([_bin(plugin_venv, "python"), "-c", LOG_ONE], timeout=60, env=env, cwd=tmp_path)
     assert "logpipe:" not in done.stderr, done.stderr

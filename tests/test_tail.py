@@ -17,7 +17,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, Service, wait_until
+from conftest import REPO, Service, consume_all, wait_until
 from logpipe.cli import main
 from logpipe.exceptions import ConfigError
 from logpipe.exporters.base import Exporter, ExportResult, PartialFailure, Pending
@@ -427,30 +427,6 @@ class TestCommand:
 
 def unique_topic(name: str) -> str:
     return f"logpipe-test-tail-{name}-{uuid.uuid4().hex[:10]}"
-
-
-def consume_all(address: str, topic: str, timeout: float = 60.0) -> list[Any]:
-    """Every message of *topic*, from the beginning to the end offsets of its partitions."""
-    import time
-
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=address, enable_auto_commit=False, group_id=None)
-    try:
-        partitions = wait_until(lambda: consumer.partitions_for_topic(topic), timeout=timeout)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]  # type: ignore[attr-defined]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        end = consumer.end_offsets(assigned)
-        messages: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < end[tp] for tp in assigned):
-            assert time.monotonic() < deadline, f"topic {topic} not read to its end within {timeout}s"
-            for batch in consumer.poll(timeout_ms=500).values():
-                messages.extend(batch)
-        return messages
-    finally:
-        consumer.close()
 
 
 def kafka(address: str, topic: str, **extra: Any) -> KafkaExporter:
