@@ -8,7 +8,8 @@ when each one first answers a search. Latency = first seen - log call; the
 resolution is the poll interval plus one search round trip.
 
 Two paths, with default settings (dispatcher batch delay 0.2 s, shipper
-batches of 500 or 1 s, Elasticsearch's 1 s refresh interval):
+batches of up to 2,000 messages, sent as soon as the consumer has nothing more
+buffered while Elasticsearch is idle; Elasticsearch's 1 s refresh interval):
 
 * **logpipe -> Kafka -> logpipe ship -> Elasticsearch**: the designed
   pipeline (``exporter="kafka"``, acks=all, then ``logpipe ship`` running as a
@@ -311,7 +312,8 @@ def run(ctx: Context) -> Section:
         f"{rate:,} events/s for {duration:.0f} s per run, {rounds} run(s) per path in rotating order; figures are the "
         f"median over runs. Elasticsearch is polled every {POLL * 1000:.0f} ms, so a latency is accurate to about "
         "that plus one search round trip. The floor is set by the settings, not by logpipe's code: the "
-        "dispatcher's batch delay (0.2 s), the shipper's batch wait (up to 1 s for 500 messages) and the index "
+        "dispatcher's batch delay (0.2 s), the shipper's batching (a batch waits up to 1 s to fill only while "
+        "others are being indexed) and the index "
         "refresh interval (1 s); `LOGPIPE_BATCH_DELAY`, `LOGPIPE_SHIP_BATCH_MAX_WAIT` and the index's "
         "`refresh_interval` trade latency for fewer, larger requests."
     )

@@ -106,7 +106,10 @@ class ShipOptions:
         check=at_least(1),
     )
     batch_max_wait: float = setting(
-        1.0, "Seconds the first message of a batch waits for the batch to fill.", check=at_least(0)
+        1.0,
+        "Seconds the first message of a batch waits for the batch to fill while other batches are being "
+        "indexed (with none in flight a partial batch goes as soon as a poll finds nothing more).",
+        check=at_least(0),
     )
     max_message_bytes: int = setting(
         1024 * 1024, "Larger messages go to the dead-letter destination.", check=at_least(1)
@@ -388,8 +391,10 @@ class Shipper:
     def _collect(self) -> tuple[list[ConsumerRecord], dict[Any, ConsumerRecord]]:
         """Poll until a batch is full, its first message has waited ``batch_max_wait``, or stop.
 
-        Returns the messages and, per partition, the last one. With batches in
-        flight an empty poll returns at once, so their replies are not kept waiting.
+        Returns the messages and, per partition, the last one. An empty poll
+        ends the wait when batches are in flight and this one is still empty
+        (their replies are not kept waiting), and when nothing is in flight and
+        this one has messages (Elasticsearch is idle: send what there is).
         """
         assert self._consumer is not None
         o = self.options
@@ -401,6 +406,10 @@ class Shipper:
             if deadline is not None and now >= deadline:
                 break
             slice_s = 0.25 if deadline is None else min(0.25, deadline - now)
+            busy = self._busy()
+            if batch:
+                # Elasticsearch idle: take only what is already fetched, then send; busy: look again soon.
+                slice_s = min(slice_s, 0.05) if busy else 0.0
             polled = self._consumer.poll(timeout_ms=max(int(slice_s * 1000), 1), max_records=o.batch_size - len(batch))
             for tp, records in polled.items():
                 floor = self._committed.get(tp, -1)
@@ -410,6 +419,10 @@ class Shipper:
                     batch.extend(records)
                     ends[tp] = records[-1]
             if not batch and len(self._order):
+                break  # the replies of the batches in flight are not kept waiting
+            if batch and not busy and not polled:
+                # Elasticsearch is idle and nothing more is buffered: a partial batch goes now rather than
+                # after batch_max_wait (a trickle is indexed at once; under load batches fill while others index).
                 break
             if batch and deadline is None:
                 deadline = time.monotonic() + o.batch_max_wait
@@ -454,6 +467,10 @@ class Shipper:
             lines = [batch.lines[p] for p in chunk]
             indices = [batch.indices[p] for p in chunk]
             batch.requests.append((self._pool.submit(es.send_bulk, self._client, lines, indices), chunk))
+
+    def _busy(self) -> bool:
+        """True while some bulk request is still running (replies not yet settled do not count)."""
+        return any(not future.done() for batch in self._order for future, _ in batch.requests)
 
     def _await_reply(self, timeout: float = 0.25) -> None:
         """Block until a bulk request in flight finishes, or *timeout*."""

@@ -64,7 +64,9 @@ _FLAGS = {
 @click.option("--batch-size", type=int, help="Messages per bulk + commit (default 2000) [LOGPIPE_SHIP_BATCH_SIZE].")
 @click.option("--concurrency", type=int, help="Bulk requests in flight at once (default 2) [LOGPIPE_SHIP_CONCURRENCY].")
 @click.option(
-    "--batch-max-wait", type=float, help="Seconds a batch may wait to fill (default 1.0) [LOGPIPE_SHIP_BATCH_MAX_WAIT]."
+    "--batch-max-wait",
+    type=float,
+    help="Seconds a batch may wait to fill while others index (default 1.0) [LOGPIPE_SHIP_BATCH_MAX_WAIT].",
 )
 @click.option(
     "--max-message-bytes",
