@@ -31,9 +31,7 @@ nothing is lost.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import threading
 import time
 import weakref
@@ -45,6 +43,7 @@ from .config import Overflow
 from .exceptions import ConfigError
 from .exporters.base import Exporter, ExportResult, PartialFailure, Pending
 from .record import Record
+from .report import Reporter
 
 __all__ = ["DispatchStats", "Dispatcher"]
 
@@ -99,7 +98,8 @@ class Dispatcher:
         self._block_timeout = block_timeout
         self._init_state()
         self._submitted = self._sent = self._dropped = self._spilled = self._failed = 0
-        self._last_report = 0.0
+        #: Tells a human on stderr, at most every 10 s per dispatcher.
+        self._report = Reporter(f"{self.name}: ")
         self._start_worker()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork_in_child"))
@@ -300,15 +300,6 @@ class Dispatcher:
                 self._failed += len(records)
         if not ok:
             self._report(f"{len(records)} record(s) could not be delivered")
-
-    def _report(self, message: str) -> None:
-        """Tell a human on stderr, at most every 10 s per dispatcher, never raise."""
-        now = time.monotonic()
-        if now - self._last_report < 10.0:
-            return
-        self._last_report = now
-        with contextlib.suppress(Exception):  # stderr may be closed at exit
-            print(f"logpipe: {self.name}: {message}", file=sys.stderr, flush=True)
 
     def _after_fork_in_child(self) -> None:
         stopped = self._stopped

@@ -44,7 +44,6 @@ import contextlib
 import enum
 import itertools
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +54,7 @@ from typing import Literal
 from . import durable
 from .exporters.base import Exporter, ExportResult, PartialFailure
 from .record import Record
+from .report import Reporter
 
 try:
     import fcntl
@@ -627,15 +627,5 @@ def _parse(payload: bytes) -> Record | None:
         return None
 
 
-_last_report = 0.0
-
-
-def report(message: str) -> None:
-    """Tell a human on stderr, at most every 10 s, never raise (never through logging)."""
-    global _last_report
-    now = time.monotonic()
-    if now - _last_report < 10.0:
-        return
-    _last_report = now
-    with contextlib.suppress(Exception):
-        print(f"logpipe: spool: {message}", file=sys.stderr, flush=True)
+#: Tells a human on stderr, at most every 10 s (shared by the spool, its exporter and replayers).
+report = Reporter("spool: ")

@@ -17,8 +17,6 @@ What happens to each record of a batch:
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING
 from .. import elasticsearch as es
 from ..config import setting
 from ..record import Record
+from ..report import Reporter
 from .base import Exporter, ExportResult, PartialFailure
 
 if TYPE_CHECKING:
@@ -58,7 +57,8 @@ class ElasticsearchExporter(Exporter):
         es.check_options(self.options)
         self._client: Elasticsearch | None = None
         self._template_ready = not self.options.install_template
-        self._last_report = 0.0
+        #: Tells a human on stderr, at most every 10 s.
+        self._report = Reporter("elasticsearch: ")
         #: Counters since start, for tests and ``logpipe demo``.
         self.created = self.duplicates = self.dead_lettered = 0
         self.last_error: str | None = None
@@ -137,12 +137,3 @@ class ElasticsearchExporter(Exporter):
             self._report(f"cannot reach Elasticsearch to install the index template: {self.last_error}")
             return None
         return self._client
-
-    def _report(self, message: str) -> None:
-        """Tell a human on stderr, at most every 10 s, never raise."""
-        now = time.monotonic()
-        if now - self._last_report < 10.0:
-            return
-        self._last_report = now
-        with contextlib.suppress(Exception):
-            print(f"logpipe: elasticsearch: {message}", file=sys.stderr, flush=True)

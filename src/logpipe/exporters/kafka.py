@@ -31,7 +31,6 @@ this exporter; problems go to stderr, once per outage.
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from kafka import KafkaProducer
 from ..config import at_least, setting
 from ..exceptions import ConfigError
 from ..record import Record
+from ..report import Reporter
 from .base import Done, Exporter, ExportResult, PartialFailure, Pending
 
 __all__ = ["KafkaExporter", "KafkaOptions", "KafkaStats"]
@@ -489,22 +489,6 @@ def _close(producer: Any, timeout: float) -> None:
             sender.force_close()
 
 
-_last_report = 0.0
-
-
-def _report(message: str, *, force: bool = False) -> bool:
-    """One line on stderr (never through logging, which may feed this exporter).
-
-    At most one every 10 s unless *force*d, so a flapping broker cannot
-    flood stderr; True when the line was printed.
-    """
-    global _last_report
-    now = time.monotonic()
-    if not force and now - _last_report < 10.0:
-        return False
-    _last_report = now
-    try:
-        print(f"logpipe: {message}", file=sys.stderr, flush=True)
-    except Exception:
-        return False
-    return True
+#: One line on stderr (never through logging, which may feed this exporter), at most one every 10 s
+#: across all Kafka exporters unless forced, so a flapping broker cannot flood stderr.
+_report = Reporter()

@@ -52,6 +52,7 @@ from typing import Any
 
 from ..durable import write_all
 from ..record import Record
+from ..report import Reporter
 from .base import Done, Exporter, ExportResult, PartialFailure, Pending
 
 __all__ = ["ProcessExporter", "isolate"]
@@ -385,18 +386,8 @@ def _grow_pipe(pipe: Any) -> None:
             fcntl.fcntl(pipe.fileno(), set_size, 1 << 20)
 
 
-_last_report = 0.0
-
-
-def _report(message: str, *, force: bool = False) -> None:
-    """One line on stderr, at most every 10 s unless *force*d (never through logging, which may feed this exporter)."""
-    global _last_report
-    now = time.monotonic()
-    if now - _last_report < 10.0 and not force:
-        return
-    _last_report = now
-    with contextlib.suppress(Exception):
-        print(f"logpipe: {message}", file=sys.stderr, flush=True)
+#: One line on stderr, at most every 10 s unless forced (never through logging, which may feed this exporter).
+_report = Reporter()
 
 
 # -- the child's side ------------------------------------------------------------------
