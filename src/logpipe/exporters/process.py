@@ -46,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -330,13 +330,8 @@ class _Child:
             self._eof = True
             return False
         self._buffer += chunk
-        while len(self._buffer) >= _HEADER.size:
-            kind, seq, size = _HEADER.unpack_from(self._buffer)
-            end = _HEADER.size + size
-            if len(self._buffer) < end:
-                break
-            self._answers[seq] = (kind, bytes(self._buffer[_HEADER.size : end]))
-            del self._buffer[:end]
+        for kind, seq, body in _take_frames(self._buffer):
+            self._answers[seq] = (kind, body)
         return True
 
     def alive(self) -> bool:
@@ -474,7 +469,7 @@ def _safely(default: Any, call: Any, *args: Any) -> Any:
         return default
 
 
-def _frames(fd: int) -> Any:
+def _frames(fd: int) -> Iterator[tuple[int, int, bytes]]:
     """Yield (kind, seq, body) frames read from *fd* until end of input."""
     buffer = bytearray()
     while True:
@@ -482,13 +477,22 @@ def _frames(fd: int) -> Any:
         if not chunk:
             return
         buffer += chunk
-        while len(buffer) >= _HEADER.size:
-            kind, seq, size = _HEADER.unpack_from(buffer)
-            end = _HEADER.size + size
-            if len(buffer) < end:
-                break
-            yield kind, seq, bytes(buffer[_HEADER.size : end])
-            del buffer[:end]
+        yield from _take_frames(buffer)
+
+
+def _take_frames(buffer: bytearray) -> list[tuple[int, int, bytes]]:
+    """Remove the complete frames at the start of *buffer* and return them as (kind, seq, body)."""
+    frames = []
+    start = 0
+    while len(buffer) - start >= _HEADER.size:
+        kind, seq, size = _HEADER.unpack_from(buffer, start)
+        end = start + _HEADER.size + size
+        if len(buffer) < end:
+            break
+        frames.append((kind, seq, bytes(buffer[start + _HEADER.size : end])))
+        start = end
+    del buffer[:start]
+    return frames
 
 
 def _write(fd: int, kind: int, seq: int, body: bytes) -> None:
