@@ -229,11 +229,10 @@ class Dispatcher:
         shutdown), so a trickle of records still leaves after ``batch_delay``.
         """
         in_flight: deque[tuple[Sequence[Record], Pending | None]] = deque()
-        window = max(1, int(getattr(self.exporter, "max_in_flight", 1) or 1))
+        window = max(1, self.exporter.max_in_flight)
         while True:
             with self._lock:
-                urgent = self._flushing or self._stopped
-                if not in_flight and len(self._queue) < self._batch_size and not urgent:
+                if not in_flight and len(self._queue) < self._batch_size and not (self._flushing or self._stopped):
                     self._wake.wait(self._batch_delay)
                 full = len(self._queue) >= self._batch_size
                 if len(in_flight) < window and (full or not in_flight or self._flushing or self._stopped):

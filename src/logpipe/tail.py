@@ -663,7 +663,7 @@ class Tailer:
     # -- the loop -------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        max_in_flight = max(1, int(getattr(self.exporter, "max_in_flight", 1)))
+        max_in_flight = max(1, self.exporter.max_in_flight)
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= self._next_scan:
