@@ -293,9 +293,12 @@ class KafkaExporter(Exporter):
         for future in reversed(futures):  # the last ones are usually the last to resolve
             while not future.is_done:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._producer is not producer or not self._reachable():
+                if left <= 0:
                     return True
                 _await(future, min(_PROBE_EVERY, left))
+                # Probe only after waiting in vain: a batch acknowledged within the slice costs no connect.
+                if not future.is_done and (self._producer is not producer or not self._reachable()):
+                    return True
         return False
 
     def _reachable(self) -> bool:
