@@ -57,10 +57,13 @@ def _sections(names: object) -> list[tuple[str, list[SettingDoc]]]:
 def settings_markdown() -> str:
     """The settings reference of logpipe's own exporters and commands (docs/configuration.md's tables)."""
     own = {n for n, ep in plugins.available().items() if ep.dist is not None and ep.dist.name == "logpipe"}
-    from .. import tail
+    from .. import shipper, tail
 
     lines: list[str] = []
-    sections = _sections(own) + [("tail settings (logpipe tail)", config.describe(tail.TailOptions, tail.ENV_PREFIX))]
+    sections = _sections(own) + [
+        ("ship settings (logpipe ship)", config.describe(shipper.ShipOptions, shipper.ENV_PREFIX)),
+        ("tail settings (logpipe tail)", config.describe(tail.TailOptions, tail.ENV_PREFIX)),
+    ]
     for title, rows in sections:
         lines += [f"### {title}", "", "| variable | type | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{r.env}` | {r.type} | `{r.default}` | {r.help} |" for r in rows]
