@@ -179,6 +179,73 @@ class TestFuncName:
         out = FuncNameAdder()(None, "info", {"_record": rec, "_from_structlog": False})
         assert out["FuncName"] == f"{__name__}.legacy_handler"
 
+    @pytest.mark.parametrize("wrapper", ["native", "stdlib"])
+    def test_each_call_path_keeps_its_own_caller(self, wrapper: str) -> None:
+        """The remembered depth of one path never names the wrong frame on another.
+
+        One logger reached through methods of different depths (the native
+        ``exception`` goes through ``error``, ``log`` through the level's
+        method), from callers at different depths, interleaved so each call
+        follows a differently shaped one.
+        """
+        exporter = InMemoryExporter()
+        chain = logpipe.processors(exporter=[exporter], local_render="none")
+        if wrapper == "stdlib":
+            structlog.configure(
+                processors=chain,
+                logger_factory=structlog.stdlib.LoggerFactory(),
+                wrapper_class=structlog.stdlib.BoundLogger,
+            )
+        else:
+            structlog.configure(processors=chain)
+        log = structlog.get_logger("paths")
+
+        def direct(method: str) -> None:
+            if method == "exception":
+                try:
+                    raise ValueError("x")
+                except ValueError:
+                    log.exception("e")
+            elif method == "log":
+                log.log(logging.WARNING, "l")
+            else:
+                getattr(log, method)("m")
+
+        def nested(method: str) -> None:
+            log.info("n")  # every caller logs too: its code is known, so a wrong depth would name it
+            direct(method)
+
+        def bound(method: str) -> None:
+            getattr(log.bind(k=1), "info" if method in ("exception", "log") else method)("b")
+
+        log.info("t")
+        methods = ("info", "exception", "error", "log")
+        calls = [(f, m) for _ in range(3) for m in methods for f in (direct, nested, bound)]
+        for func, method in calls:
+            func(method)
+        assert logpipe.flush(5.0)
+        test = f"{__name__}.TestFuncName.test_each_call_path_keeps_its_own_caller"
+        expected = [test] + [
+            name for f, _ in calls for name in ([f"{test}.<locals>.nested"] if f is nested else []) + [
+                f"{test}.<locals>.{'direct' if f is nested else f.__name__}"
+            ]
+        ]
+        assert [doc["FuncName"] for doc in exporter.logs()] == expected
+
+    def test_async_log_methods_name_the_awaiting_function(self, memory: InMemoryExporter) -> None:
+        """``await log.ainfo()`` runs the chain in a thread; structlog hands over the caller's stack."""
+        import asyncio
+
+        async def handler() -> None:
+            log = structlog.get_logger()
+            log.info("sync first")
+            await log.ainfo("async")
+            log.info("sync again")
+
+        asyncio.run(handler())
+        names = [doc["FuncName"] for doc in logged(memory)]
+        assert names == [f"{__name__}.TestFuncName.test_async_log_methods_name_the_awaiting_function.<locals>.handler"] * 3
+
     def test_explicit_func_name_wins(self) -> None:
         """A caller that knows better can pass FuncName itself."""
         assert FuncNameAdder()(None, "info", {"FuncName": "x.y"})["FuncName"] == "x.y"

@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.context import get_current
 from structlog.typing import EventDict, WrappedLogger
 
-from .record import Record, _safe_str, encode, format_iso, format_time, new_id, wire_document
+from .record import _MILLIS, HOST, Record, _safe_str, _second_text, encode, format_time, new_id
 
 __all__ = [
     "FuncNameAdder",
@@ -53,16 +53,25 @@ class FuncNameAdder:
     ``BoundLogger``) the caller is the first frame on the stack outside
     structlog, logging and this module (the rule structlog's
     `CallsiteParameterAdder` applies, including its hand-over of the calling
-    stack for ``await log.ainfo(...)``). The name is cached per code object,
-    so the walk is the whole cost. Records that come from plain ``logging``
-    through ``ProcessorFormatter`` carry the caller in their
+    stack for ``await log.ainfo(...)``). Records that come from plain
+    ``logging`` through ``ProcessorFormatter`` carry the caller in their
     `logging.LogRecord`, which stays correct even when formatting happens on
     another thread (a ``QueueHandler``). An explicit ``FuncName=`` key wins.
+
+    Walking the stack costs about a microsecond (every frame stepped over
+    becomes a Python object), so the walk's result is remembered per call
+    path: the depth of the caller, keyed by the code of the frame that ran
+    the chain's caller and checked against the code just below the caller.
+    A log call then looks up two frames; a path seen for the first time, or
+    one that no longer matches, is walked.
     """
 
     def __init__(self, additional_ignores: list[str] | None = None) -> None:
         self._ignores = ("structlog", "logging", "logpipe.processors", *(additional_ignores or []))
-        self._names: dict[CodeType, str] = {}
+        #: code object -> its FuncName, or None for code in an ignored module.
+        self._names: dict[CodeType, str | None] = {}
+        #: code of frame 2 (what called structlog's processor loop) -> (depth of the caller, code below it).
+        self._paths: dict[CodeType, tuple[int, CodeType]] = {}
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         if "FuncName" in event_dict:
@@ -71,29 +80,63 @@ class FuncNameAdder:
         if record is not None and not event_dict.get("_from_structlog", False):
             event_dict["FuncName"] = f"{_module_of(record.pathname, record.module)}.{record.funcName}"
             return event_dict
-        # The stack walk is inlined: it runs on every log call. Frame 1 is structlog's.
-        frame: FrameType | None = sys._getframe(1)
-        if _ASYNC_CALLING_STACK is not None:
-            frame = _ASYNC_CALLING_STACK.get(frame)
-        ignores = self._ignores
-        while frame is not None and frame.f_globals.get("__name__", "").startswith(ignores):
-            frame = frame.f_back
-        name = self._names.get(frame.f_code) if frame is not None else "?"
-        event_dict["FuncName"] = name if name is not None else self._name_of(frame)
+        if _ASYNC_CALLING_STACK is not None and (stack := _ASYNC_CALLING_STACK.get(None)) is not None:
+            event_dict["FuncName"] = self._walk(stack)[0]
+            return event_dict
+        # Inlined: this runs on every log call. Frame 0 is this one, frame 1 structlog's loop.
+        try:
+            entry = sys._getframe(2).f_code
+            path = self._paths.get(entry)
+            if path is not None:
+                below = sys._getframe(path[0] - 1)
+                if below.f_code is path[1]:
+                    name = self._names.get(below.f_back.f_code)  # type: ignore[union-attr]
+                    if name is not None:
+                        event_dict["FuncName"] = name
+                        return event_dict
+        except ValueError:  # a shallower stack than the remembered path
+            entry = None
+        name, depth, below_code = self._walk(sys._getframe(1))
+        if entry is not None and below_code is not None:
+            self._paths[entry] = (depth + 1, below_code)  # depth from this frame, not from frame 1
+        event_dict["FuncName"] = name
         return event_dict
 
-    def _name_of(self, frame: FrameType | None) -> str:
-        if frame is None:
-            return "?"
+    def _walk(self, frame: FrameType | None) -> tuple[str, int, CodeType | None]:
+        """The first frame from *frame* outward outside the ignored modules.
+
+        Returns its FuncName, its depth counted from *frame* (0 is *frame*)
+        and the code of the ignored frame just below it (None when *frame*
+        itself is the caller).
+        """
+        depth, below = 0, None
+        while frame is not None:
+            code = frame.f_code
+            name = self._names.get(code, _UNSEEN)
+            if name is _UNSEEN:
+                name = self._learn(frame)
+            if name is not None:
+                return name, depth, below
+            depth, below, frame = depth + 1, code, frame.f_back
+        return "?", depth, None
+
+    def _learn(self, frame: FrameType) -> str | None:
+        """Classify a code object seen for the first time: its FuncName, or None when ignored."""
+        if len(self._names) > 10_000:  # code objects of functions created at run time, e.g. lambdas
+            self._names.clear()
+            self._paths.clear()
         code = frame.f_code
-        name = self._names.get(code)
-        if name is None:
-            if len(self._names) > 10_000:
-                self._names.clear()
+        module = frame.f_globals.get("__name__", "?")
+        if module.startswith(self._ignores):
+            name = None
+        else:
             qual = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
-            name = self._names[code] = f"{frame.f_globals.get('__name__', '?')}.{qual}"
+            name = f"{module}.{qual}"
+        self._names[code] = name
         return name
 
+#: The code cache's "not classified yet" marker (None means "ignored").
+_UNSEEN: Any = object()
 
 #: structlog's hand-over of the caller's frame for async log methods, when present.
 _ASYNC_CALLING_STACK = getattr(structlog.contextvars, "_ASYNC_CALLING_STACK", None)
@@ -182,12 +225,14 @@ class KafkaLogRenderer:
         self._local_json = local == "json"
         self._iso = time_format == "iso"
         self._fixed_service = ""  # the service name, once ServiceName says it is final
+        self._second_text = (-1, "", "")  # format_iso's cache, per renderer: (second, text, offset)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
         ts = time.time()
         pop = event_dict.pop
-        pop("_record", None)  # _INTERNAL_KEYS, unrolled
-        pop("_from_structlog", None)
+        if "_record" in event_dict or "_from_structlog" in event_dict:  # _INTERNAL_KEYS
+            pop("_record", None)
+            pop("_from_structlog", None)
         msg = pop("event", "")
         level = pop("level", method_name)
         action = pop("action", self._action)
@@ -195,19 +240,29 @@ class KafkaLogRenderer:
         trace_id = pop("TraceId", "")
         span_id = pop("SpanId", "")
         service = self._fixed_service or self._service_name(ts)
+        if self._iso:
+            second = int(ts)
+            text = self._second_text  # one read: another thread may replace it, never half of it
+            if text[0] != second:
+                text = self._second_text = _second_text(second, self._utc)
+            time_text = text[1] + _MILLIS[int((ts - second) * 1000)] + text[2]
+        else:
+            time_text = format_time(ts, self._time_format, utc=self._utc)
         record_id = new_id()
-        doc = wire_document(
-            level,
-            action,
-            format_iso(ts, self._utc) if self._iso else format_time(ts, self._time_format, utc=self._utc),
-            msg if type(msg) is str else _safe_str(msg),
-            event_dict,
-            func_name,
-            trace_id,
-            span_id,
-            service,
-            record_id,
-        )
+        # wire_document(), inlined: a call with ten arguments costs more than the dict itself.
+        doc = {
+            "Type": level,
+            "Action": action,
+            "Time": time_text,
+            "Msg": msg if type(msg) is str else _safe_str(msg),
+            "Field": event_dict,
+            "FuncName": func_name,
+            "TraceId": trace_id,
+            "SpanId": span_id,
+            "Service": service,
+            "Host": HOST,
+            "Id": record_id,
+        }
         payload = encode(doc)
         self._submit(_new_record(Record, (record_id, ts, trace_id, service, payload)))
         if self._local_json:
