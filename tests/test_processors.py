@@ -226,9 +226,10 @@ class TestFuncName:
         assert logpipe.flush(5.0)
         test = f"{__name__}.TestFuncName.test_each_call_path_keeps_its_own_caller"
         expected = [test] + [
-            name for f, _ in calls for name in ([f"{test}.<locals>.nested"] if f is nested else []) + [
-                f"{test}.<locals>.{'direct' if f is nested else f.__name__}"
-            ]
+            name
+            for f, _ in calls
+            for name in ([f"{test}.<locals>.nested"] if f is nested else [])
+            + [f"{test}.<locals>.{'direct' if f is nested else f.__name__}"]
         ]
         assert [doc["FuncName"] for doc in exporter.logs()] == expected
 
@@ -244,7 +245,8 @@ class TestFuncName:
 
         asyncio.run(handler())
         names = [doc["FuncName"] for doc in logged(memory)]
-        assert names == [f"{__name__}.TestFuncName.test_async_log_methods_name_the_awaiting_function.<locals>.handler"] * 3
+        test = f"{__name__}.TestFuncName.test_async_log_methods_name_the_awaiting_function"
+        assert names == [f"{test}.<locals>.handler"] * 3
 
     def test_explicit_func_name_wins(self) -> None:
         """A caller that knows better can pass FuncName itself."""

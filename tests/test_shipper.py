@@ -79,12 +79,23 @@ class TestOptions:
             ({"LOGPIPE_SHIP_TOPICS": "a", "LOGPIPE_SHIP_DEAD_LETTER": "bad name"}, "LOGPIPE_SHIP_DEAD_LETTER"),
             ({"LOGPIPE_SHIP_TOPICS": "a", "LOGPIPE_SHIP_BATCH_SIZE": "0"}, "LOGPIPE_SHIP_BATCH_SIZE"),
             ({"LOGPIPE_SHIP_TOPICS": "a", "LOGPIPE_SHIP_ES_HOSTS": "es:9200"}, "LOGPIPE_SHIP_ES_HOSTS"),
+            ({"LOGPIPE_SHIP_TOPICS": "a", "LOGPIPE_SHIP_KAFKA_CLIENT": "librdkafka"}, "LOGPIPE_SHIP_KAFKA_CLIENT"),
         ],
     )
     def test_bad_values_name_the_variable(self, env: dict[str, str], words: str) -> None:
         """Each mistake is reported with the variable to fix."""
         with pytest.raises(ConfigError, match=words):
             load_options({}, environ=env)
+
+    def test_kafka_client_auto_prefers_confluent_kafka(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """auto takes confluent-kafka when it can be imported, kafka-python otherwise; a missing one is named."""
+        from logpipe import consumer
+
+        assert consumer.resolve_client("auto") == "confluent-kafka"  # the test extra installs both
+        monkeypatch.setattr(consumer, "_installed", lambda module: module != "confluent_kafka")
+        assert consumer.resolve_client("auto") == "kafka-python"
+        with pytest.raises(ConfigError, match=r"LOGPIPE_SHIP_KAFKA_CLIENT=confluent-kafka: .*logpipe\[ship\]"):
+            load_options({"topics": "a", "kafka_client": "confluent-kafka"}, environ={})
 
     def test_cli_names_the_flag(self) -> None:
         """On the command line the error names the flag."""
@@ -200,6 +211,13 @@ class Chain:
         stats = self.pipeline.stats()
         assert all(s.dropped == s.failed == s.spilled == 0 for s in stats.values()), stats
         return self.memory.ids()
+
+
+@pytest.fixture(params=["kafka-python", "confluent-kafka"])
+def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each end-to-end test runs once per Kafka client library (LOGPIPE_SHIP_KAFKA_CLIENT)."""
+    monkeypatch.setenv("LOGPIPE_SHIP_KAFKA_CLIENT", request.param)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -324,7 +342,8 @@ def _options(
         "status_interval": 0.2,
         **ship,
     }
-    return load_options(overrides, environ={"LOGPIPE_ELASTICSEARCH_REPLICAS": "0"})
+    client = {"LOGPIPE_SHIP_KAFKA_CLIENT": os.environ.get("LOGPIPE_SHIP_KAFKA_CLIENT", "auto")}
+    return load_options(overrides, environ={"LOGPIPE_ELASTICSEARCH_REPLICAS": "0", **client})
 
 
 class _Running:
@@ -361,7 +380,9 @@ def _ship_in_thread(
     options, es_options = _options(kafka_service, es_service, names, **ship)
     if es_changes:
         es_options = replace(es_options, **es_changes)
-    return _Running(Shipper(options, es_options, progress=lambda stats: None, track_lag=True))
+    shipper = Shipper(options, es_options, progress=lambda stats: None, track_lag=True)
+    assert shipper.kafka_client == os.environ.get("LOGPIPE_SHIP_KAFKA_CLIENT", shipper.kafka_client)
+    return _Running(shipper)
 
 
 def _wait_count(client: Any, prefix: str, n: int, timeout: float) -> None:
@@ -376,6 +397,7 @@ N = 5000
 
 @servers[0]
 @servers[1]
+@pytest.mark.usefixtures("kafka_client")
 class TestEndToEnd:
     def test_chain_to_kafka_to_ship_to_elasticsearch(
         self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str], tmp_path: Path
@@ -395,6 +417,7 @@ class TestEndToEnd:
 
         _assert_exactly(client, names["prefix"], ids)
         assert f"indexed={N} duplicates=0" in summary
+        assert f"client={os.environ['LOGPIPE_SHIP_KAFKA_CLIENT']}" in summary
         assert _committed(kafka_service, names["group"]) == N
         print(f"\nshipped {N} records in {elapsed:.1f}s including start-up; {summary.strip()}")
 
@@ -548,6 +571,19 @@ class TestEndToEnd:
         _assert_exactly(client, names["prefix"], ids)
         assert sa.indexed > 0 and sb.indexed > 0 and sa.indexed + sb.indexed == 3000
 
+    def test_pattern_subscription(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str]
+    ) -> None:
+        """--pattern ships every topic it matches (librdkafka's regex syntax is given a leading ^)."""
+        chain = Chain(kafka_service.address, names["topic"])
+        chain.emit(300)
+        ids = chain.flush()
+        running = _ship_in_thread(kafka_service, es_service, names, topics="", pattern=names["topic"][:-2] + "..")
+        _wait_count(client, names["prefix"], 300, 60)
+        stats = running.stop()
+        _assert_exactly(client, names["prefix"], ids)
+        assert stats.indexed == 300 and stats.assigned == PARTITIONS
+
     def test_pipelined_batches_commit_in_poll_order(
         self,
         kafka_service: Service,
@@ -646,6 +682,7 @@ def _malformed_stream() -> tuple[list[bytes], list[str], dict[int, str]]:
 
 @servers[0]
 @servers[1]
+@pytest.mark.usefixtures("kafka_client")
 class TestDeadLetters:
     def test_to_a_kafka_topic(
         self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str]

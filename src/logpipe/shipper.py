@@ -43,12 +43,22 @@ import orjson
 from . import config
 from . import elasticsearch as es
 from .config import at_least, setting
+from .consumer import (
+    CommitFailed,
+    CommitRefused,
+    Consumer,
+    ConsumerSettings,
+    KafkaClient,
+    Message,
+    TopicPartition,
+    open_consumer,
+    resolve_client,
+)
 from .exceptions import ConfigError
 from .record import _parse_ts
 
 if TYPE_CHECKING:
-    from kafka import KafkaConsumer, KafkaProducer
-    from kafka.consumer.fetcher import ConsumerRecord
+    from kafka import KafkaProducer
 
 __all__ = ["ENV_PREFIX", "DeadLetter", "ShipOptions", "ShipStats", "Shipper", "load_options"]
 
@@ -129,6 +139,12 @@ class ShipOptions:
         check=at_least(0),
     )
     status_interval: float = setting(2.0, "Seconds between progress updates.", check=at_least(0.1))
+    kafka_client: KafkaClient = setting(
+        "auto",
+        "Kafka client library that consumes: confluent-kafka (librdkafka, about a third of kafka-python's "
+        "CPU per message; pip install 'logpipe[ship]') or kafka-python; auto takes confluent-kafka when "
+        "it is installed.",
+    )
 
 
 def load_options(
@@ -145,6 +161,7 @@ def load_options(
         except re.error as exc:
             raise ConfigError(f"{ENV_PREFIX}PATTERN={ship.pattern!r}: not a regular expression ({exc})") from None
     _check_dead_letter(ship.dead_letter)
+    resolve_client(ship.kafka_client, f"{ENV_PREFIX}KAFKA_CLIENT")
     es_overrides: dict[str, Any] = {}
     if ship.es_hosts:
         es_overrides["hosts"] = ship.es_hosts
@@ -207,7 +224,7 @@ class ShipStats:
 class DeadLetter:
     """One message that cannot be indexed, and why."""
 
-    message: ConsumerRecord
+    message: Message
     reason: str
     status: int | None = None
     index: str | None = None
@@ -227,9 +244,9 @@ class Batch:
     #: Messages polled (good or malformed); ``in_flight`` until the batch is accounted for.
     size: int
     #: Per partition, the last message polled: the commit goes one past it.
-    ends: dict[Any, ConsumerRecord]
+    ends: dict[Any, Message]
     #: The messages to index and, position by position, their bulk lines and indices.
-    sources: list[ConsumerRecord] = field(default_factory=list)
+    sources: list[Message] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
     indices: list[str] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
@@ -264,10 +281,10 @@ class CommitOrder:
     def __iter__(self) -> Iterator[Batch]:
         return iter(list(self._batches))
 
-    def release(self) -> tuple[list[Batch], dict[Any, ConsumerRecord]]:
+    def release(self) -> tuple[list[Batch], dict[Any, Message]]:
         """Remove the accounted-for front; return it and, per partition, its last message."""
         done: list[Batch] = []
-        ends: dict[Any, ConsumerRecord] = {}
+        ends: dict[Any, Message] = {}
         while self._batches and self._batches[0].accounted:
             batch = self._batches.popleft()
             done.append(batch)
@@ -304,7 +321,9 @@ class Shipper:
         self._track_lag = track_lag
         self._stop = threading.Event()
         self._stop_deadline: float | None = None
-        self._consumer: KafkaConsumer | None = None
+        self._consumer: Consumer | None = None
+        #: The Kafka client library in use (`resolve_client`'s answer), for humans.
+        self.kafka_client = resolve_client(options.kafka_client, f"{ENV_PREFIX}KAFKA_CLIENT")
         self._producer: KafkaProducer | None = None
         self._client: Any = None
         self._pool: ThreadPoolExecutor | None = None
@@ -313,7 +332,7 @@ class Shipper:
         self._delay = es_options.backoff
         self._paused = False
         #: Next offset per partition that this shipper committed (filters re-reads).
-        self._committed: dict[Any, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
         self._next_tick = 0.0
 
     # -- control --------------------------------------------------------------------
@@ -388,7 +407,7 @@ class Shipper:
 
     # -- one batch ------------------------------------------------------------------------
 
-    def _collect(self) -> tuple[list[ConsumerRecord], dict[Any, ConsumerRecord]]:
+    def _collect(self) -> tuple[list[Message], dict[Any, Message]]:
         """Poll until a batch is full, its first message has waited ``batch_max_wait``, or stop.
 
         Returns the messages and, per partition, the last one. An empty poll
@@ -398,8 +417,8 @@ class Shipper:
         """
         assert self._consumer is not None
         o = self.options
-        batch: list[ConsumerRecord] = []
-        ends: dict[Any, ConsumerRecord] = {}
+        batch: list[Message] = []
+        ends: dict[Any, Message] = {}
         deadline: float | None = None
         while len(batch) < o.batch_size and not self._stop.is_set():
             now = time.monotonic()
@@ -410,7 +429,7 @@ class Shipper:
             if batch:
                 # Elasticsearch idle: take only what is already fetched, then send; busy: look again soon.
                 slice_s = min(slice_s, 0.05) if busy else 0.0
-            polled = self._consumer.poll(timeout_ms=max(int(slice_s * 1000), 1), max_records=o.batch_size - len(batch))
+            polled = self._consumer.poll(slice_s, o.batch_size - len(batch))
             for tp, records in polled.items():
                 floor = self._committed.get(tp, -1)
                 if records[0].offset < floor:  # re-read after a rebalance: already committed
@@ -433,14 +452,14 @@ class Shipper:
         self.stats.in_flight += len(batch)
         return batch, ends
 
-    def _submit(self, messages: Sequence[ConsumerRecord], ends: dict[Any, ConsumerRecord]) -> None:
+    def _submit(self, messages: Sequence[Message], ends: dict[Any, Message]) -> None:
         """Check *messages*, queue the bulk requests of the good ones, and track the batch for its commit."""
         batch = Batch(len(messages), ends)
         self._prepare(batch, messages)
         self._order.add(batch)
         self._send(batch, range(len(batch.lines)))
 
-    def _prepare(self, batch: Batch, messages: Iterable[ConsumerRecord]) -> None:
+    def _prepare(self, batch: Batch, messages: Iterable[Message]) -> None:
         """Turn good messages into bulk lines (their value sent as it came); set the others aside."""
         prefix = self.es_options.index_prefix
         limit = self.options.max_message_bytes
@@ -544,37 +563,33 @@ class Shipper:
         self._send(batch, positions)
         return True
 
-    def _commit(self, ends: Mapping[Any, ConsumerRecord], count: int) -> None:
+    def _commit(self, ends: Mapping[Any, Message], count: int) -> None:
         """Commit one past each message of *ends* (*count* messages accounted for) for partitions still owned."""
-        from kafka.errors import CommitFailedError, KafkaError
-        from kafka.structs import OffsetAndMetadata
-
         assert self._consumer is not None
         owned = self._consumer.assignment()
-        offsets = {}
+        offsets: dict[TopicPartition, tuple[int, int | None]] = {}
         for tp, message in ends.items():
             if tp in owned and message.offset + 1 > self._committed.get(tp, -1):
-                epoch = message.leader_epoch if message.leader_epoch is not None else -1
-                offsets[tp] = OffsetAndMetadata(message.offset + 1, "", epoch)
+                offsets[tp] = (message.offset + 1, message.leader_epoch)
         self.stats.in_flight = max(0, self.stats.in_flight - count)
         if not offsets:
             return
         try:
-            self._consumer.commit(offsets, timeout_ms=int(self.es_options.timeout * 1000))
-        except CommitFailedError as exc:
+            self._consumer.commit(offsets, self.es_options.timeout)
+        except CommitRefused as exc:
             # The group rebalanced: another member owns these partitions now and
             # reads them from the last commit; its copies are 409 no-ops.
             self.stats.commit_errors += 1
             self._error(f"commit refused after a rebalance ({exc}); the new owner ships them again")
             return
-        except KafkaError as exc:
+        except CommitFailed as exc:
             # The next successful commit covers these offsets too.
             self.stats.commit_errors += 1
             self._error(f"commit failed: {exc}")
             return
         self.stats.commits += 1
-        for tp, meta in offsets.items():
-            self._committed[tp] = meta.offset
+        for tp, (offset, _epoch) in offsets.items():
+            self._committed[tp] = offset
 
     # -- dead letters -----------------------------------------------------------------------
 
@@ -621,7 +636,7 @@ class Shipper:
                 parsed = orjson.loads(m.value) if m.value is not None else None
             except orjson.JSONDecodeError:
                 parsed = None
-            if isinstance(parsed, dict) and len(m.value) <= self.options.max_message_bytes:
+            if isinstance(parsed, dict) and m.value is not None and len(m.value) <= self.options.max_message_bytes:
                 entry["record"] = parsed
             else:
                 entry["value"] = None if m.value is None else m.value.decode("utf-8", "backslashreplace")
@@ -667,46 +682,30 @@ class Shipper:
 
     # -- Kafka plumbing -----------------------------------------------------------------------
 
-    def _make_consumer(self) -> KafkaConsumer:
-        from kafka import ConsumerRebalanceListener, KafkaConsumer
-
+    def _make_consumer(self) -> Consumer:
         o = self.options
-        shipper = self
-        fetch_bytes = max(o.fetch_max_bytes, o.max_message_bytes + 64 * 1024)
-
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                shipper.stats.lag = {}
-
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                shipper.stats.assigned = len(shipper._consumer.assignment()) if shipper._consumer else 0
-                if shipper._paused and assigned:
-                    # A partition gained while Elasticsearch is down must not be read either.
-                    shipper._consumer.pause(*assigned)  # type: ignore[union-attr]
-
-        consumer = KafkaConsumer(
-            bootstrap_servers=list(o.bootstrap_servers),
+        settings = ConsumerSettings(
+            bootstrap_servers=o.bootstrap_servers,
             group_id=o.group_id,
             client_id=f"logpipe-shipper-{o.group_id}",
-            group_instance_id=o.instance_id,
-            session_timeout_ms=int(o.session_timeout * 1000),
-            heartbeat_interval_ms=int(min(3.0, o.session_timeout / 3) * 1000),
-            enable_auto_commit=False,
+            topics=o.topics,
+            pattern=o.pattern,
+            instance_id=o.instance_id,
+            session_timeout=o.session_timeout,
             auto_offset_reset=o.auto_offset_reset,
-            max_poll_records=o.batch_size,
-            # What one fetch response may bring, from one partition or all of them: the
-            # memory of fetched messages is about this much per broker. kafka-python asks
-            # a partition again only once its buffered messages are taken, so small fetches
-            # (1 MiB, about 3,000 messages) leave the shipper waiting on the broker.
-            fetch_max_bytes=fetch_bytes,
-            max_partition_fetch_bytes=fetch_bytes,
+            max_records=o.batch_size,
+            fetch_bytes=max(o.fetch_max_bytes, o.max_message_bytes + 64 * 1024),
         )
-        listener = Listener()
-        if o.pattern:
-            consumer.subscribe(pattern=o.pattern, listener=listener)
-        else:
-            consumer.subscribe(topics=list(o.topics), listener=listener)
-        return consumer
+        return open_consumer(self.kafka_client, settings, self._revoked, self._assigned)
+
+    def _revoked(self, partitions: set[TopicPartition]) -> None:
+        self.stats.lag = {}
+
+    def _assigned(self, partitions: set[TopicPartition]) -> None:
+        self.stats.assigned = len(self._consumer.assignment()) if self._consumer else len(partitions)
+        if self._paused and partitions and self._consumer is not None:
+            # A partition gained while Elasticsearch is down must not be read either.
+            self._consumer.pause(partitions)
 
     def _wait(self, seconds: float) -> bool:
         """Keep the group membership alive for *seconds* without reading more messages.
@@ -725,8 +724,8 @@ class Shipper:
             left = end - time.monotonic()
             if left <= 0:
                 return True
-            consumer.pause(*consumer.assignment())
-            polled = consumer.poll(timeout_ms=max(int(min(left, 0.25) * 1000), 1))
+            consumer.pause(consumer.assignment())
+            polled = consumer.poll(min(left, 0.25), self.options.batch_size)
             for records in polled.values():  # should not happen while paused: put them back
                 first = min(records, key=lambda m: m.offset)
                 consumer.seek(_tp(first), first.offset)
@@ -734,7 +733,7 @@ class Shipper:
 
     def _resume(self) -> None:
         if self._paused and self._consumer is not None:
-            self._consumer.resume(*self._consumer.paused())
+            self._consumer.resume(self._consumer.paused())
             self._paused = False
 
     def _install_template(self) -> bool:
@@ -761,7 +760,7 @@ class Shipper:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._consumer is not None:
             try:
-                self._consumer.close(autocommit=False)
+                self._consumer.close()
             except Exception as exc:  # noqa: BLE001
                 self._error(f"closing the consumer: {exc}")
         if self._producer is not None:
@@ -793,11 +792,11 @@ class Shipper:
             if not owned:
                 self.stats.lag = {}
                 return
-            ends = self._consumer.end_offsets(owned, timeout_ms=2000)
+            ends = self._consumer.end_offsets(owned, 2.0)
             lag = {}
             for tp in sorted(owned):
                 if tp not in self._committed:
-                    committed = self._consumer.committed(tp, timeout_ms=2000)
+                    committed = self._consumer.committed(tp, 2.0)
                     self._committed[tp] = committed if committed is not None else 0
                 lag[f"{tp.topic}[{tp.partition}]"] = max(0, ends.get(tp, 0) - self._committed[tp])
             self.stats.lag = lag
@@ -839,13 +838,11 @@ def _document(value: bytes | None, limit: int) -> tuple[str, str, bytes] | str:
     return record_id, moment, value
 
 
-def _tp(message: ConsumerRecord) -> Any:
-    from kafka.structs import TopicPartition
-
+def _tp(message: Message) -> TopicPartition:
     return TopicPartition(message.topic, message.partition)
 
 
-def _where(message: ConsumerRecord) -> str:
+def _where(message: Message) -> str:
     return f"{message.topic}[{message.partition}]@{message.offset}"
 
 

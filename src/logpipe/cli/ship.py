@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
@@ -35,6 +36,7 @@ _FLAGS = {
     "dead_letter": "--dead-letter",
     "shutdown_timeout": "--shutdown-timeout",
     "status_interval": "--status-interval",
+    "kafka_client": "--kafka-client",
 }
 
 
@@ -85,6 +87,11 @@ _FLAGS = {
     help="Seconds a stop waits for the batch in flight (default 30) [LOGPIPE_SHIP_SHUTDOWN_TIMEOUT].",
 )
 @click.option("--status-interval", type=float, help="Seconds between progress updates [LOGPIPE_SHIP_STATUS_INTERVAL].")
+@click.option(
+    "--kafka-client",
+    type=click.Choice(["auto", "kafka-python", "confluent-kafka"]),
+    help="Client library that consumes (default auto: confluent-kafka when installed) [LOGPIPE_SHIP_KAFKA_CLIENT].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; errors and the summary still go to stderr.")
 def ship(quiet: bool, **flags: Any) -> None:
     """Ship KafkaLog records from Kafka topics into Elasticsearch, at least once and without duplicates.
@@ -112,21 +119,33 @@ def ship(quiet: bool, **flags: Any) -> None:
     )
     shipper = Shipper(options, es_options, progress=display.update, track_lag=not quiet)
     progress.install_signals(shipper, "logpipe ship: second signal, exiting without committing the batch in flight")
-    from kafka.errors import KafkaError
-
     try:
         with display:
             stats = shipper.run()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    except KafkaError as exc:
+    except _kafka_errors() as exc:
         servers = ",".join(options.bootstrap_servers)
         raise click.ClickException(
             f"Kafka at {servers} (--bootstrap-servers / LOGPIPE_SHIP_BOOTSTRAP_SERVERS): {exc}"
         ) from exc
-    err.print(_summary(stats, shipper.rate), highlight=False, soft_wrap=True)
+    err.print(_summary(stats, shipper.rate) + f" client={shipper.kafka_client}", highlight=False, soft_wrap=True)
     if stats.in_flight:
         sys.exit(3)
+
+
+def _kafka_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of the installed Kafka client libraries."""
+    found: list[type[BaseException]] = []
+    with contextlib.suppress(ImportError):
+        from kafka.errors import KafkaError
+
+        found.append(KafkaError)
+    with contextlib.suppress(ImportError):
+        from confluent_kafka import KafkaException
+
+        found.append(KafkaException)
+    return tuple(found)
 
 
 def _with_flags(message: str) -> str:
