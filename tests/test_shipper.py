@@ -97,6 +97,16 @@ class TestOptions:
         with pytest.raises(ConfigError, match=r"LOGPIPE_SHIP_KAFKA_CLIENT=confluent-kafka: .*logpipe\[ship\]"):
             load_options({"topics": "a", "kafka_client": "confluent-kafka"}, environ={})
 
+    def test_pattern_librdkafka_cannot_compile(self) -> None:
+        """Lookahead: auto falls back to kafka-python; confluent-kafka asked for by name is refused, naming both."""
+        from logpipe import consumer
+
+        lookahead = r"^logs\.(?!.*\.dlq$)"
+        assert consumer.resolve_client("auto", pattern=lookahead) == "kafka-python"
+        assert consumer.resolve_client("auto", pattern=r"^logs\.[a-z]+$") == "confluent-kafka"
+        with pytest.raises(ConfigError, match=r"LOGPIPE_SHIP_PATTERN=.*LOGPIPE_SHIP_KAFKA_CLIENT=kafka-python"):
+            load_options({"pattern": lookahead, "kafka_client": "confluent-kafka"}, environ={})
+
     def test_cli_names_the_flag(self) -> None:
         """On the command line the error names the flag."""
         result = CliRunner().invoke(main, ["ship", "-t", "x", "--batch-size", "0"])
@@ -583,6 +593,18 @@ class TestEndToEnd:
         stats = running.stop()
         _assert_exactly(client, names["prefix"], ids)
         assert stats.indexed == 300 and stats.assigned == PARTITIONS
+
+    def test_unreachable_kafka_fails_at_start(self, es_service: Service, kafka_client: str, client: Any) -> None:
+        """A wrong bootstrap address ends the command with an error naming the flag, not a silent wait."""
+        prefix = f"lptest-{uuid.uuid4().hex[:10]}"
+        command = [str(LOGPIPE), "ship", "-q", "-b", "127.0.0.1:1", "-t", "x", "--es-hosts", es_service.address]
+        try:
+            done = subprocess.run([*command, "--index-prefix", prefix], capture_output=True, text=True, timeout=120)
+        finally:
+            client.options(ignore_status=404).indices.delete_index_template(name=es.template_name(prefix))
+        assert done.returncode == 1, done.stderr
+        assert "Kafka at 127.0.0.1:1 (--bootstrap-servers / LOGPIPE_SHIP_BOOTSTRAP_SERVERS)" in done.stderr
+        assert done.stderr.count("\n") < 10, done.stderr  # librdkafka's reconnect attempts are not printed
 
     def test_pipelined_batches_commit_in_poll_order(
         self,

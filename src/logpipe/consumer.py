@@ -92,6 +92,9 @@ class CommitFailed(Exception):
     """The commit did not happen (broker unreachable, timeout); a later commit covers it."""
 
 
+#: Seconds the confluent-kafka consumer waits for a first broker answer before giving up.
+BOOTSTRAP_TIMEOUT = 10.0
+
 #: Called with the partitions revoked, then with those assigned, from inside `Consumer.poll`.
 Rebalance = Callable[[set[TopicPartition]], None]
 
@@ -142,26 +145,74 @@ class Consumer(Protocol):
         """Leave the group without committing."""
 
 
-def resolve_client(choice: str, variable: str = "LOGPIPE_SHIP_KAFKA_CLIENT") -> str:
-    """The client library for *choice* (``auto`` prefers confluent-kafka); `ConfigError` if not installed."""
-    if choice == "auto":
-        return "confluent-kafka" if _installed("confluent_kafka") else "kafka-python"
-    if choice not in CLIENTS:
+def resolve_client(
+    choice: str,
+    variable: str = "LOGPIPE_SHIP_KAFKA_CLIENT",
+    *,
+    pattern: str | None = None,
+    pattern_variable: str = "LOGPIPE_SHIP_PATTERN",
+) -> str:
+    """The client library for *choice*; `ConfigError` when it is not installed or cannot take *pattern*.
+
+    ``auto`` prefers confluent-kafka, unless *pattern* (a Python regular
+    expression) uses syntax librdkafka's regex engine lacks, such as
+    lookahead: then the pattern wins and kafka-python consumes.
+    """
+    if choice not in ("auto", *CLIENTS):
         raise ConfigError(f"{variable}={choice!r}: expected auto, {', '.join(CLIENTS)}")
+    if choice == "auto":
+        fast = _installed("confluent_kafka") and (pattern is None or _librdkafka_accepts(pattern))
+        return "confluent-kafka" if fast or not _installed("kafka") else "kafka-python"
     if not _installed(CLIENTS[choice]):
         extra = "logpipe[ship]" if choice == "confluent-kafka" else "logpipe[kafka]"
         raise ConfigError(f"{variable}={choice}: {choice} is not installed (pip install '{extra}')")
+    if choice == "confluent-kafka" and pattern is not None and not _librdkafka_accepts(pattern):
+        raise ConfigError(
+            f"{pattern_variable}={pattern!r}: librdkafka (confluent-kafka) cannot use this regular expression "
+            f"(it has no lookahead or lookbehind); rewrite it or set {variable}=kafka-python"
+        )
     return choice
+
+
+def _librdkafka_accepts(pattern: str) -> bool:
+    """Whether librdkafka compiles *pattern* (it subscribes without contacting a broker)."""
+    import confluent_kafka
+
+    consumer = confluent_kafka.Consumer(
+        {"group.id": "logpipe-pattern-check", "bootstrap.servers": "127.0.0.1:9", "log_level": 0}
+    )
+    try:
+        consumer.subscribe([_anchored(pattern)])
+        return True
+    except confluent_kafka.KafkaException:
+        return False
+    finally:
+        consumer.close()
+
+
+def _anchored(pattern: str) -> str:
+    """librdkafka treats a subscription as a regex only when it starts with ``^``."""
+    return "^" + pattern.removeprefix("^")
 
 
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def open_consumer(client: str, settings: ConsumerSettings, on_revoked: Rebalance, on_assigned: Rebalance) -> Consumer:
-    """Subscribe with *client* (a `resolve_client` answer) and return the consumer."""
+def open_consumer(
+    client: str,
+    settings: ConsumerSettings,
+    on_revoked: Rebalance,
+    on_assigned: Rebalance,
+    on_error: Callable[[str], None] | None = None,
+) -> Consumer:
+    """Subscribe with *client* (a `resolve_client` answer) and return the consumer.
+
+    *on_error* hears about client-level errors the library recovers from on
+    its own (brokers down, timeouts), where the library reports them.
+    """
     if client == "confluent-kafka":
-        return ConfluentConsumer(settings, on_revoked, on_assigned)
+        return ConfluentConsumer(settings, on_revoked, on_assigned, on_error)
     return KafkaPythonConsumer(settings, on_revoked, on_assigned)
 
 
@@ -262,6 +313,9 @@ class KafkaPythonConsumer:
 
 # -- confluent-kafka ------------------------------------------------------------------------------
 
+_LIBRDKAFKA_LOG = logging.getLogger("logpipe.ship.kafka")
+_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())  # a library's logger: quiet until logging is configured
+
 #: librdkafka error codes meaning "the group moved on": the partitions are no longer ours to commit.
 _REFUSED = {22, 25, 27, 82, -142}  # ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS,
 #                                     FENCED_INSTANCE_ID, _ASSIGNMENT_LOST
@@ -270,13 +324,21 @@ _REFUSED = {22, 25, 27, 82, -142}  # ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBA
 class ConfluentConsumer:
     """`Consumer` over confluent-kafka (librdkafka).
 
-    librdkafka's log lines go to the ``logpipe.ship.kafka`` logger instead
-    of straight to stderr, where they would break the progress display.
+    librdkafka's log lines go to the ``logpipe.ship.kafka`` logger (silent
+    unless the application configures logging) instead of straight to
+    stderr, where a broker being down would print a line per reconnect
+    attempt; the errors themselves reach *on_error* (the shipper's display).
     """
 
     name = "confluent-kafka"
 
-    def __init__(self, settings: ConsumerSettings, on_revoked: Rebalance, on_assigned: Rebalance) -> None:
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        on_revoked: Rebalance,
+        on_assigned: Rebalance,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         import confluent_kafka
 
         s = settings
@@ -294,13 +356,21 @@ class ConfluentConsumer:
             # bound as one fetch, not its 64 MiB default, so memory stays what the settings say.
             "queued.max.messages.kbytes": max(s.fetch_bytes // 1024, 1024),
             "receive.message.max.bytes": s.fetch_bytes + 1024 * 1024,
-            "logger": logging.getLogger("logpipe.ship.kafka"),
+            "logger": _LIBRDKAFKA_LOG,
         }
+        if on_error is not None:
+            conf["error_cb"] = lambda error: on_error(f"Kafka: {error.str()}")
         if s.instance_id:
             conf["group.instance.id"] = s.instance_id
         self._lib = confluent_kafka
         self._consumer = confluent_kafka.Consumer(conf)
         self._paused: set[TopicPartition] = set()
+        try:
+            # librdkafka would retry unreachable brokers for ever; fail at start, as kafka-python does.
+            self._consumer.list_topics(timeout=BOOTSTRAP_TIMEOUT)
+        except confluent_kafka.KafkaException:
+            self._consumer.close()
+            raise
 
         def assigned(consumer: Any, partitions: list[Any]) -> None:
             # Assign explicitly, so a pause asked for by the callback applies to these partitions.
@@ -312,7 +382,7 @@ class ConfluentConsumer:
             self._paused -= gone
             on_revoked(gone)
 
-        topics = ["^" + s.pattern.removeprefix("^")] if s.pattern else list(s.topics)
+        topics = [_anchored(s.pattern)] if s.pattern else list(s.topics)
         self._consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked)
 
     def poll(self, timeout: float, max_records: int) -> dict[TopicPartition, list[Message]]:

@@ -135,6 +135,7 @@ class FuncNameAdder:
         self._names[code] = name
         return name
 
+
 #: The code cache's "not classified yet" marker (None means "ignored").
 _UNSEEN: Any = object()
 

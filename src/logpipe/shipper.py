@@ -111,8 +111,8 @@ class ShipOptions:
     )
     batch_size: int = setting(2000, "Most messages shipped (and committed) together.", check=at_least(1))
     concurrency: int = setting(
-        2,
-        "Bulk requests in flight at once, across batch boundaries (elasticsearch-py's parallel_bulk).",
+        4,
+        "Bulk requests in flight at once, across batch boundaries (like parallel_bulk's 4 threads).",
         check=at_least(1),
     )
     batch_max_wait: float = setting(
@@ -161,7 +161,7 @@ def load_options(
         except re.error as exc:
             raise ConfigError(f"{ENV_PREFIX}PATTERN={ship.pattern!r}: not a regular expression ({exc})") from None
     _check_dead_letter(ship.dead_letter)
-    resolve_client(ship.kafka_client, f"{ENV_PREFIX}KAFKA_CLIENT")
+    resolve_client(ship.kafka_client, f"{ENV_PREFIX}KAFKA_CLIENT", pattern=ship.pattern)
     es_overrides: dict[str, Any] = {}
     if ship.es_hosts:
         es_overrides["hosts"] = ship.es_hosts
@@ -323,7 +323,7 @@ class Shipper:
         self._stop_deadline: float | None = None
         self._consumer: Consumer | None = None
         #: The Kafka client library in use (`resolve_client`'s answer), for humans.
-        self.kafka_client = resolve_client(options.kafka_client, f"{ENV_PREFIX}KAFKA_CLIENT")
+        self.kafka_client = resolve_client(options.kafka_client, f"{ENV_PREFIX}KAFKA_CLIENT", pattern=options.pattern)
         self._producer: KafkaProducer | None = None
         self._client: Any = None
         self._pool: ThreadPoolExecutor | None = None
@@ -696,7 +696,7 @@ class Shipper:
             max_records=o.batch_size,
             fetch_bytes=max(o.fetch_max_bytes, o.max_message_bytes + 64 * 1024),
         )
-        return open_consumer(self.kafka_client, settings, self._revoked, self._assigned)
+        return open_consumer(self.kafka_client, settings, self._revoked, self._assigned, self._error)
 
     def _revoked(self, partitions: set[TopicPartition]) -> None:
         self.stats.lag = {}

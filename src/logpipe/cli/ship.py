@@ -64,7 +64,7 @@ _FLAGS = {
     help="Daily indices <prefix>-YYYY.MM.dd [LOGPIPE_SHIP_INDEX_PREFIX, else LOGPIPE_ELASTICSEARCH_INDEX_PREFIX].",
 )
 @click.option("--batch-size", type=int, help="Messages per bulk + commit (default 2000) [LOGPIPE_SHIP_BATCH_SIZE].")
-@click.option("--concurrency", type=int, help="Bulk requests in flight at once (default 2) [LOGPIPE_SHIP_CONCURRENCY].")
+@click.option("--concurrency", type=int, help="Bulk requests in flight at once (default 4) [LOGPIPE_SHIP_CONCURRENCY].")
 @click.option(
     "--batch-max-wait",
     type=float,
