@@ -387,7 +387,15 @@ class ConfluentConsumer:
 
     def poll(self, timeout: float, max_records: int) -> dict[TopicPartition, list[Message]]:
         found: dict[TopicPartition, list[Message]] = {}
-        messages: list[Any] = cast(Any, self._consumer.consume(max_records, timeout))
+        # consume(n, timeout) waits until it has n messages or the timeout is over; the shipper wants
+        # what is there now, or the first message to come within the timeout (kafka-python's poll).
+        messages: list[Any] = cast(Any, self._consumer.consume(max_records, 0))
+        if not messages and timeout > 0:
+            first = self._consumer.poll(timeout)
+            if first is not None:
+                messages = (
+                    [first, *cast(Any, self._consumer.consume(max_records - 1, 0))] if max_records > 1 else [first]
+                )
         for m in messages:
             error = m.error()
             if error is not None:
