@@ -594,6 +594,25 @@ class TestEndToEnd:
         _assert_exactly(client, names["prefix"], ids)
         assert stats.indexed == 300 and stats.assigned == PARTITIONS
 
+    def test_static_membership_restart(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str]
+    ) -> None:
+        """--instance-id: a shipper restarted with the same id takes over where its commits left off."""
+        chain = Chain(kafka_service.address, names["topic"])
+        instance = f"shipper-{names['group']}"
+        chain.emit(300)
+        chain.flush()
+        running = _ship_in_thread(kafka_service, es_service, names, instance_id=instance)
+        _wait_count(client, names["prefix"], 300, 60)
+        assert running.stop().indexed == 300
+        chain.emit(300)
+        ids = chain.flush()  # all 600
+        running = _ship_in_thread(kafka_service, es_service, names, instance_id=instance)
+        _wait_count(client, names["prefix"], 600, 60)
+        stats = running.stop()
+        _assert_exactly(client, names["prefix"], ids)
+        assert stats.indexed == 300 and stats.duplicates == 0
+
     def test_unreachable_kafka_fails_at_start(self, es_service: Service, kafka_client: str, client: Any) -> None:
         """A wrong bootstrap address ends the command with an error naming the flag, not a silent wait."""
         prefix = f"lptest-{uuid.uuid4().hex[:10]}"
