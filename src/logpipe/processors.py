@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.context import get_current
 from structlog.typing import EventDict, WrappedLogger
 
-from .record import _MILLIS, HOST, Record, _safe_str, _second_text, encode, format_time, new_id
+from .record import Record, _safe_str, encode, format_iso, format_time, new_id, wire_document
 
 __all__ = [
     "FuncNameAdder",
@@ -226,14 +226,12 @@ class KafkaLogRenderer:
         self._local_json = local == "json"
         self._iso = time_format == "iso"
         self._fixed_service = ""  # the service name, once ServiceName says it is final
-        self._second_text = (-1, "", "")  # format_iso's cache, per renderer: (second, text, offset)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
         ts = time.time()
         pop = event_dict.pop
-        if "_record" in event_dict or "_from_structlog" in event_dict:  # _INTERNAL_KEYS
-            pop("_record", None)
-            pop("_from_structlog", None)
+        pop("_record", None)  # _INTERNAL_KEYS, unrolled
+        pop("_from_structlog", None)
         msg = pop("event", "")
         level = pop("level", method_name)
         action = pop("action", self._action)
@@ -241,29 +239,19 @@ class KafkaLogRenderer:
         trace_id = pop("TraceId", "")
         span_id = pop("SpanId", "")
         service = self._fixed_service or self._service_name(ts)
-        if self._iso:
-            second = int(ts)
-            text = self._second_text  # one read: another thread may replace it, never half of it
-            if text[0] != second:
-                text = self._second_text = _second_text(second, self._utc)
-            time_text = text[1] + _MILLIS[int((ts - second) * 1000)] + text[2]
-        else:
-            time_text = format_time(ts, self._time_format, utc=self._utc)
         record_id = new_id()
-        # wire_document(), inlined: a call with ten arguments costs more than the dict itself.
-        doc = {
-            "Type": level,
-            "Action": action,
-            "Time": time_text,
-            "Msg": msg if type(msg) is str else _safe_str(msg),
-            "Field": event_dict,
-            "FuncName": func_name,
-            "TraceId": trace_id,
-            "SpanId": span_id,
-            "Service": service,
-            "Host": HOST,
-            "Id": record_id,
-        }
+        doc = wire_document(
+            level,
+            action,
+            format_iso(ts, self._utc) if self._iso else format_time(ts, self._time_format, utc=self._utc),
+            msg if type(msg) is str else _safe_str(msg),
+            event_dict,
+            func_name,
+            trace_id,
+            span_id,
+            service,
+            record_id,
+        )
         payload = encode(doc)
         self._submit(_new_record(Record, (record_id, ts, trace_id, service, payload)))
         if self._local_json:

@@ -129,19 +129,15 @@ def format_time(ts: float, fmt: str = "iso", *, utc: bool = True) -> str:
 
 
 def format_iso(ts: float, utc: bool = True) -> str:
-    """`format_time`'s ``iso`` layout, without the dispatch on the format."""
+    """`format_time`'s ``iso`` layout, without the dispatch on the format (the renderer's path)."""
     second = int(ts // 1)
     cached = _iso_seconds.get(utc)
     if cached is None or cached[0] != second:
-        cached = _iso_seconds[utc] = _second_text(second, utc)  # one store: readers see old or new, never half
+        moment = _moment(second, utc)
+        offset = moment.strftime("%z")
+        cached = (second, moment.strftime("%Y-%m-%dT%H:%M:%S"), f"{offset[:3]}:{offset[3:]}")
+        _iso_seconds[utc] = cached  # one atomic store: other threads see old or new, never half
     return cached[1] + _MILLIS[int((ts - second) * 1000)] + cached[2]
-
-
-def _second_text(second: int, utc: bool) -> tuple[int, str, str]:
-    """(second, "YYYY-MM-DDTHH:MM:SS", "+HH:MM"): the parts of `format_iso` that change once a second."""
-    moment = _moment(second, utc)
-    offset = moment.strftime("%z")
-    return second, moment.strftime("%Y-%m-%dT%H:%M:%S"), f"{offset[:3]}:{offset[3:]}"
 
 
 def _moment(ts: float, utc: bool) -> datetime:
