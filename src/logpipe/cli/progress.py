@@ -1,10 +1,11 @@
 """What the long-running commands (``logpipe tail``, ``logpipe ship``) share: stopping on signals, showing progress.
 
 Why one module: both commands stop the same way (a first signal finishes
-the work in hand, a second exits at once) and report the same way (a live
+the work in hand, a second exits at once), report the same way (a live
 table on a terminal, a line per status interval in a log, only errors with
---quiet). Each command keeps only what differs: the count its rate is over,
-the text of its line, and its table.
+--quiet) and name the flag in a configuration error the same way. Each
+command keeps only what differs: the count its rate is over, the text of
+its line, and its table.
 """
 
 from __future__ import annotations
@@ -13,13 +14,21 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Generic, Protocol, TypeVar
 
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-__all__ = ["Display", "install_signals"]
+__all__ = ["Display", "install_signals", "with_flags"]
+
+
+def with_flags(message: str, flags: Mapping[str, str]) -> str:
+    """*message* with each ``argument 'setting'`` replaced by the flag that sets it (*flags*: setting -> flag)."""
+    for name, flag in flags.items():
+        message = message.replace(f"argument {name!r}", flag)
+    return message
+
 
 #: Seconds of samples the displayed rate is computed over.
 RATE_WINDOW = 10

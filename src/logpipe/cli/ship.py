@@ -13,6 +13,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from ..consumer import CLIENTS
 from ..exceptions import ConfigError
 from ..shipper import ShipOptions, Shipper, ShipStats, load_options
 from . import progress
@@ -89,7 +90,7 @@ _FLAGS = {
 @click.option("--status-interval", type=float, help="Seconds between progress updates [LOGPIPE_SHIP_STATUS_INTERVAL].")
 @click.option(
     "--kafka-client",
-    type=click.Choice(["auto", "kafka-python", "confluent-kafka"]),
+    type=click.Choice(["auto", *CLIENTS]),
     help="Client library that consumes (default auto: confluent-kafka when installed) [LOGPIPE_SHIP_KAFKA_CLIENT].",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; errors and the summary still go to stderr.")
@@ -105,7 +106,7 @@ def ship(quiet: bool, **flags: Any) -> None:
     try:
         options, es_options = load_options(overrides)
     except ConfigError as exc:
-        raise click.UsageError(_with_flags(str(exc))) from exc
+        raise click.UsageError(progress.with_flags(str(exc), _FLAGS)) from exc
     err = Console(stderr=True)
     display = progress.Display[ShipStats](
         "logpipe ship",
@@ -129,7 +130,7 @@ def ship(quiet: bool, **flags: Any) -> None:
         raise click.ClickException(
             f"Kafka at {servers} (--bootstrap-servers / LOGPIPE_SHIP_BOOTSTRAP_SERVERS): {exc}"
         ) from exc
-    err.print(_summary(stats, shipper.rate) + f" client={shipper.kafka_client}", highlight=False, soft_wrap=True)
+    err.print(_summary(stats, shipper.rate, shipper.kafka_client), highlight=False, soft_wrap=True)
     if stats.in_flight:
         sys.exit(3)
 
@@ -148,19 +149,13 @@ def _kafka_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _with_flags(message: str) -> str:
-    for name, flag in _FLAGS.items():
-        message = message.replace(f"argument {name!r}", flag)
-    return message
-
-
-def _summary(stats: ShipStats, rate: float) -> str:
+def _summary(stats: ShipStats, rate: float, client: str) -> str:
     seconds = time.monotonic() - stats.started
     text = (
         f"logpipe ship: stopped after {seconds:.1f}s: consumed={stats.consumed} indexed={stats.indexed} "
         f"duplicates={stats.duplicates} dead_lettered={stats.dead_lettered} (refused_by_es={stats.rejected}) "
         f"retries={stats.retries} commits={stats.commits} commit_errors={stats.commit_errors} "
-        f"in_flight={stats.in_flight} rate={rate:.0f} msg/s (first to last message)"
+        f"in_flight={stats.in_flight} rate={rate:.0f} msg/s (first to last message) client={client}"
     )
     if stats.last_error:
         text += f"\nlast error: {stats.last_error}"

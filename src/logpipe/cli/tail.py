@@ -79,7 +79,7 @@ def tail(
     try:
         options = load_options(overrides)
     except ConfigError as exc:
-        raise click.UsageError(_with_flags(str(exc))) from exc
+        raise click.UsageError(progress.with_flags(str(exc), _FLAGS)) from exc
     err = Console(stderr=True)
     display = progress.Display[TailStats](
         "logpipe tail",
@@ -106,12 +106,6 @@ def tail(
     err.print(_summary(stats, tailer.unacknowledged), highlight=False, soft_wrap=True)
     if tailer.unacknowledged:
         sys.exit(3)
-
-
-def _with_flags(message: str) -> str:
-    for name, flag in _FLAGS.items():
-        message = message.replace(f"argument {name!r}", flag)
-    return message
 
 
 def _summary(stats: TailStats, unacknowledged: int) -> str:
