@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test docs services-start services-stop bench clean
+.PHONY: demo test test-fresh-boot docs services-start services-stop bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(VENV)/.installed
 ## Elasticsearch node (scripts/kafka.sh, scripts/elasticsearch.sh) and stop them.
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The same suite as if the machine had booted 30 s ago (time.monotonic() small, as in a new
+## container): scripts/fresh-boot.sh runs pytest in a Linux time namespace.
+test-fresh-boot: $(VENV)/.installed
+	bash scripts/fresh-boot.sh $(PY) -m pytest $(PYTEST_ARGS)
 
 ## Regenerate the settings tables in docs/configuration.md from the code.
 docs: $(VENV)/.installed

@@ -90,20 +90,16 @@ class Record(NamedTuple):
 
     @classmethod
     def from_json(cls, payload: bytes) -> Record:
-        """Rebuild a record from its wire JSON (spool replay, file tail).
+        """Rebuild a record from its wire JSON, by `logpipe.ingress.parse`'s rules.
 
-        Raises `ValueError` when *payload* is not a KafkaLog object.
+        Raises `ValueError` with the reason when *payload* is not a KafkaLog record.
         """
-        doc = decode(payload)
-        if not isinstance(doc, dict) or not isinstance(doc.get("Id"), str):
-            raise ValueError("not a KafkaLog record: missing string 'Id'")
-        return cls(
-            id=doc["Id"],
-            ts=_parse_ts(doc.get("Time")),
-            trace_id=str(doc.get("TraceId") or ""),
-            service=str(doc.get("Service") or ""),
-            payload=payload,
-        )
+        from .ingress import Invalid, parse  # ingress builds Records: imported late, not at module load
+
+        result = parse(payload)
+        if isinstance(result, Invalid):
+            raise ValueError(f"not a KafkaLog record: {result.reason}")
+        return result
 
     def decoded(self) -> KafkaLog:
         """The payload as a dict."""
@@ -148,23 +144,6 @@ def _moment(ts: float, utc: bool) -> datetime:
 _iso_seconds: dict[bool, tuple[int, str, str]] = {}
 #: ".000" ... ".999", and ".999" again at 1000: a fraction just under 1 can round up when scaled.
 _MILLIS = (*(f".{ms:03d}" for ms in range(1000)), ".999")
-
-
-def _parse_ts(value: object) -> float:
-    if isinstance(value, str):
-        for parse in (datetime.fromisoformat, _parse_seed_time):
-            try:
-                moment = parse(value)
-            except ValueError:
-                continue
-            if moment.tzinfo is None:
-                moment = moment.astimezone()
-            return moment.timestamp()
-    return time.time()
-
-
-def _parse_seed_time(value: str) -> datetime:
-    return datetime.strptime(value, SEED_TIME_FORMAT)
 
 
 # --- encoding ---------------------------------------------------------------
