@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from .config import Overflow
 from .exceptions import ConfigError
-from .exporters.base import Exporter, ExportResult, PartialFailure, Pending
+from .exporters.base import Exporter, ExportResult, Outcome, PartialFailure, Pending
 from .record import Record
 from .report import Reporter
 
@@ -228,7 +228,7 @@ class Dispatcher:
         partial batch is only begun once nothing is in flight (or on flush and
         shutdown), so a trickle of records still leaves after ``batch_delay``.
         """
-        in_flight: deque[tuple[Sequence[Record], Pending | None]] = deque()
+        in_flight: deque[tuple[Sequence[Record], Pending[Outcome] | None]] = deque()
         window = max(1, self.exporter.max_in_flight)
         while True:
             with self._lock:
@@ -262,7 +262,7 @@ class Dispatcher:
                     if self._flushing:
                         self._drained.notify_all()
 
-    def _begin(self, batch: Sequence[Record]) -> Pending | None:
+    def _begin(self, batch: Sequence[Record]) -> Pending[Outcome] | None:
         """Hand *batch* to the exporter; None when that already failed."""
         try:
             return self.exporter.begin(batch)
@@ -270,7 +270,7 @@ class Dispatcher:
             self._report(f"export raised {type(exc).__name__}: {exc}")
             return None
 
-    def _finish(self, batch: Sequence[Record], pending: Pending | None) -> None:
+    def _finish(self, batch: Sequence[Record], pending: Pending[Outcome] | None) -> None:
         """Wait for *batch*'s outcome; count what was sent, hand the rest to the fallback."""
         result: ExportResult | PartialFailure = ExportResult.FAILURE
         if pending is not None:

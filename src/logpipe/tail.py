@@ -48,7 +48,7 @@ import orjson
 from . import config, durable, ingress
 from .config import at_least, setting
 from .exceptions import ConfigError
-from .exporters.base import Exporter, ExportResult, PartialFailure, Pending
+from .exporters.base import Exporter, ExportResult, Outcome, PartialFailure, Pending
 from .ingress import printable
 from .record import Record, encode, format_iso, new_id, wire_document
 
@@ -516,7 +516,7 @@ class _Failed:
 
 @dataclass
 class _Flight:
-    pending: Pending
+    pending: Pending[Outcome]
     batch: _Batch
     sent: list[Record]
 
@@ -716,7 +716,7 @@ class Tailer:
     def _send(self, batch: _Batch, records: list[Record]) -> None:
         batch.in_flight = True
         try:
-            pending: Pending = self.exporter.begin(records)
+            pending: Pending[Outcome] = self.exporter.begin(records)
         except Exception as exc:  # noqa: BLE001 - the contract: an exception is a FAILURE
             self._error(f"export: {type(exc).__name__}: {exc}")
             pending = _Failed()
