@@ -34,7 +34,7 @@ class TestDelays:
         assert all(1.0 <= d <= 2.0 for d in delays)
         assert len(set(delays)) > 10
 
-    @pytest.mark.parametrize(("initial", "maximum", "jitter"), [(0, 1, 0.1), (2, 1, 0.1), (1, 2, 1.0)])
+    @pytest.mark.parametrize(("initial", "maximum", "jitter"), [(-1, 1, 0.1), (2, 1, 0.1), (1, 2, 1.0)])
     def test_nonsense_is_refused(self, initial: float, maximum: float, jitter: float) -> None:
         with pytest.raises(ValueError):
             Backoff(initial, maximum, jitter=jitter)

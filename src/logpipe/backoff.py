@@ -24,6 +24,8 @@ __all__ = ["Backoff"]
 class Backoff:
     """Delays of *initial*, then twice that, and so on up to *maximum*, each shortened by up to *jitter*.
 
+    An *initial* of 0 retries at once, every time (a setting that allows 0 means "no wait").
+
     `delay` gives the next wait and advances; `reset` goes back to *initial*
     after a success; `wait` sleeps the next delay unless *stop* is set first.
     Not thread-safe: one retry loop owns one Backoff.
@@ -38,8 +40,8 @@ class Backoff:
         stop: threading.Event | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if initial <= 0 or maximum < initial:
-            raise ValueError(f"need 0 < initial <= maximum, got initial={initial!r} maximum={maximum!r}")
+        if initial < 0 or maximum < initial:
+            raise ValueError(f"need 0 <= initial <= maximum, got initial={initial!r} maximum={maximum!r}")
         if not 0 <= jitter < 1:
             raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
         self.initial = initial

@@ -106,6 +106,11 @@ class Dispatcher:
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork_in_child"))
 
+    @property
+    def overflow(self) -> Overflow:
+        """The full-queue policy in force (`LOGPIPE_OVERFLOW`, or its default for this exporter)."""
+        return self._overflow
+
     # -- the application's side ------------------------------------------------
 
     def submit(self, record: Record) -> bool:

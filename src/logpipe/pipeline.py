@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -25,7 +25,7 @@ from .dispatch import Dispatcher, DispatchStats
 from .exceptions import ConfigError
 from .exporters.base import Exporter, Serialized
 from .exporters.process import isolate
-from .processors import FuncNameAdder, KafkaLogRenderer, ServiceName, add_trace_context
+from .chain import FuncNameAdder, KafkaLogRenderer, ServiceName, add_trace_context
 from .record import Record
 
 __all__ = ["Pipeline", "configure", "current", "flush", "processors", "send", "shutdown", "stats"]
@@ -51,24 +51,8 @@ class Pipeline:
 
     def processors(self, *, func_name_ignores: list[str] | None = None) -> list[Processor]:
         """The structlog chain that ends in this pipeline."""
-        s = self.settings
         submit: Any = self.dispatchers[0].submit if len(self.dispatchers) == 1 else self.submit
-        return [
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            add_trace_context,
-            FuncNameAdder(func_name_ignores),
-            KafkaLogRenderer(
-                submit,
-                action=s.action,
-                time_format=s.time_format,
-                utc=s.utc,
-                service=ServiceName(s.service),
-                local=s.local_render,
-            ),
-        ]
+        return chain_processors(self.settings, submit, func_name_ignores=func_name_ignores)
 
     def stats(self) -> dict[str, DispatchStats]:
         return {d.name: d.stats() for d in self.dispatchers}
@@ -154,6 +138,29 @@ class Pipeline:
                 )
             )
         return cls(dispatchers, settings)
+
+
+def chain_processors(
+    settings: Settings, submit: Callable[[Record], object], *, func_name_ignores: list[str] | None = None
+) -> list[Processor]:
+    """The processor chain that hands each record to *submit* (a pipeline's queue, or a test's list)."""
+    s = settings
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        add_trace_context,
+        FuncNameAdder(func_name_ignores),
+        KafkaLogRenderer(
+            submit,
+            action=s.action,
+            time_format=s.time_format,
+            utc=s.utc,
+            service=ServiceName(s.service),
+            local=s.local_render,
+        ),
+    ]
 
 
 # -- the current pipeline ----------------------------------------------------------

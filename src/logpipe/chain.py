@@ -1,8 +1,10 @@
-"""structlog processors that turn a log call into a KafkaLog record.
+"""The processor chain: structlog processors that turn a log call into a KafkaLog record.
 
 Each processor is a plain ``(logger, method_name, event_dict) -> event_dict``
-callable and can be used on its own; `logpipe.processors` assembles them in
-the right order together with a `Pipeline`.
+callable and can be used on its own; the function `logpipe.processors()`
+assembles them in the right order together with a `Pipeline`. (This module
+is ``logpipe.chain``, not ``logpipe.processors``: that name is the function
+users call, and a submodule of the same name would be shadowed by it.)
 """
 
 from __future__ import annotations
