@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.context import get_current
 from structlog.typing import EventDict, WrappedLogger
 
-from .record import Record, _safe_str, encode, format_iso, format_time, new_id, wire_document
+from .record import Record, _safe_str, decode, encode, format_iso, format_time, new_id, wire_document
 
 __all__ = [
     "FuncNameAdder",
@@ -271,12 +271,15 @@ class KafkaLogRenderer:
         if self._local == "json":
             return payload if isinstance(logger, structlog.BytesLogger) else payload.decode()
         if self._console is not None:
+            # From the encoded payload, not *doc*: its keys are strings and its text valid UTF-8
+            # (what the console can print), whatever the application passed in.
+            shown = decode(payload)
             readable = {
-                "timestamp": doc["Time"],
-                "level": doc["Type"],
-                "event": doc["Msg"],
-                **doc["Field"],
-                "func": doc["FuncName"],
+                "timestamp": shown["Time"],
+                "level": shown["Type"],
+                "event": shown["Msg"],
+                **shown["Field"],
+                "func": shown["FuncName"],
             }
-            return self._console(logger, doc["Type"], readable)
+            return self._console(logger, shown["Type"], readable)
         raise structlog.DropEvent

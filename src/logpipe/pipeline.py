@@ -20,12 +20,12 @@ import structlog
 from structlog.typing import Processor
 
 from . import config, plugins
+from .chain import FuncNameAdder, KafkaLogRenderer, ServiceName, add_trace_context
 from .config import Settings
 from .dispatch import Dispatcher, DispatchStats
 from .exceptions import ConfigError
 from .exporters.base import Exporter, Serialized
 from .exporters.process import isolate
-from .chain import FuncNameAdder, KafkaLogRenderer, ServiceName, add_trace_context
 from .record import Record
 
 __all__ = ["Pipeline", "configure", "current", "flush", "processors", "send", "shutdown", "stats"]
