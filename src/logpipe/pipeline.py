@@ -27,6 +27,7 @@ from .exceptions import ConfigError
 from .exporters.base import Exporter, Serialized
 from .exporters.process import isolate
 from .record import Record
+from .redact import Redactor
 
 __all__ = ["Pipeline", "configure", "current", "flush", "processors", "send", "shutdown", "stats"]
 
@@ -145,11 +146,13 @@ def chain_processors(
 ) -> list[Processor]:
     """The processor chain that hands each record to *submit* (a pipeline's queue, or a test's list)."""
     s = settings
+    redact: list[Processor] = [Redactor(s.redact_keys, s.redact_pattern)] if s.redact else []
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
+        *redact,
         add_trace_context,
         FuncNameAdder(func_name_ignores),
         KafkaLogRenderer(
