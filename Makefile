@@ -12,6 +12,9 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# The distribution was renamed logpipe -> logpipe-kafkalog: an old editable install of
+	@# "logpipe" would register every exporter entry point twice.
+	-$(PY) -m pip uninstall -q -y logpipe 2>/dev/null
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -142,7 +142,7 @@ class ShipOptions:
     kafka_client: KafkaClient = setting(
         "auto",
         "Kafka client library that consumes: confluent-kafka (librdkafka, about a third of kafka-python's "
-        "CPU per message; pip install 'logpipe[ship]') or kafka-python; auto takes confluent-kafka when "
+        "CPU per message; pip install 'logpipe-kafkalog[ship]') or kafka-python; auto takes confluent-kafka when "
         "it is installed.",
     )
 

@@ -56,7 +56,7 @@ def _sections(names: object) -> list[tuple[str, list[SettingDoc]]]:
 
 def settings_markdown() -> str:
     """The settings reference of logpipe's own exporters and commands (docs/configuration.md's tables)."""
-    own = {n for n, ep in plugins.available().items() if ep.dist is not None and ep.dist.name == "logpipe"}
+    own = {n for n, ep in plugins.available().items() if ep.dist is not None and plugins.is_own(ep.dist.name)}
     from .. import shipper, tail
 
     lines: list[str] = []
