@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from .demo import demo
 from .exporters import exporters
+from .health import health_command
 from .replay import replay
 from .search import search
 from .ship import ship
@@ -27,3 +28,4 @@ main.add_command(ship)
 main.add_command(search)
 main.add_command(replay)
 main.add_command(tail)
+main.add_command(health_command)
