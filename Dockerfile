@@ -16,7 +16,6 @@ WORKDIR /src
 # Only what the wheel is built from (.dockerignore keeps the rest out of the context).
 COPY pyproject.toml README.md ./
 COPY src ./src
-COPY deploy/kibana ./deploy/kibana
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[ship]'
 
 # -- runtime: the wheels installed offline, no compiler, no pip cache, not root -----------------

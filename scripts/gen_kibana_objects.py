@@ -1,4 +1,4 @@
-"""Write deploy/kibana/logpipe.ndjson: the Kibana 8 saved objects `logpipe kibana import` loads.
+"""Write the Kibana 8 saved objects `logpipe kibana import` loads (deploy/kibana/logpipe.ndjson).
 
 Why a script: saved objects hold JSON inside JSON strings (visState, panelsJSON,
 searchSourceJSON), which nobody should edit by hand. Change the objects here and
@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "deploy" / "kibana" / "logpipe.ndjson"
+# deploy/kibana/logpipe.ndjson is a link to this file, which the package carries.
+OUT = Path(__file__).resolve().parents[1] / "src" / "logpipe" / "data" / "kibana.ndjson"
 
 DV = "logpipe-data-view"
 ERRORS = "Type:(error or critical)"
