@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test docs services-start services-stop bench clean
+.PHONY: demo test docs site services-start services-stop bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ test: $(VENV)/.installed
 ## Regenerate the settings tables in docs/configuration.md from the code.
 docs: $(VENV)/.installed
 	$(PY) scripts/gen_config_docs.py
+
+## Build the documentation site (mkdocs, material theme) into site/; any warning fails it.
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+site: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 ## Run the benchmark suite (bench/): one table per workload on the terminal, and
 ## docs/benchmarks.md + docs/img/ written. Starts the Kafka broker and the
@@ -62,4 +70,4 @@ services-stop:
 	-bash scripts/elasticsearch.sh stop
 
 clean:
-	rm -rf $(VENV) .services logs .pytest_cache
+	rm -rf $(VENV) .services logs .pytest_cache site

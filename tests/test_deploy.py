@@ -22,7 +22,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-import tomllib
 import yaml
 
 from conftest import REPO
@@ -38,6 +37,11 @@ KIBANA_OBJECTS = REPO / "deploy" / "kibana" / "logpipe.ndjson"
 
 #: ${VAR}, ${VAR:-default}, ${VAR-default} (compose interpolation)
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def pyproject() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the tests run on 3.10 too
+    return dict(tomllib.loads((REPO / "pyproject.toml").read_text()))
 
 
 def compose() -> dict[str, Any]:
@@ -252,7 +256,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_logpipe_as_entry_point() -
 
 
 def test_dockerfile_installs_this_project_with_the_ship_extra() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = pyproject()["project"]
     assert "ship" in project["optional-dependencies"]
     runs = " ".join(rest for word, rest in instructions() if word == "RUN")
     assert f"'{project['name']}[ship]'" in runs
@@ -357,7 +361,7 @@ def test_logpipe_search_and_kibana_look_where_the_indices_are() -> None:
 
 
 def test_readme_installs_this_project_not_the_other_logpipe() -> None:
-    name = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["name"]
+    name = pyproject()["project"]["name"]
     assert name != "logpipe"  # the index's logpipe is an unrelated project
     assert name == plugins.DISTRIBUTION
     readme = (REPO / "README.md").read_text()
@@ -367,3 +371,18 @@ def test_readme_installs_this_project_not_the_other_logpipe() -> None:
         target = line.split("#")[0].strip().strip("'")
         assert not re.match(r"logpipe(\[|$|\s)", target), f"README: pip install {line}"
     assert "pip install ." in readme
+
+
+# -- the documentation site -------------------------------------------------------------------
+
+
+def test_every_docs_page_is_in_the_site_navigation() -> None:
+    """A page left out of mkdocs.yml's nav is only an INFO line for mkdocs, even with --strict."""
+    nav = set(re.findall(r":\s*([\w./-]+\.md)\s*$", (REPO / "mkdocs.yml").read_text(), flags=re.MULTILINE))
+    pages = {p.name for p in (REPO / "docs").glob("*.md")}
+    assert pages == nav, f"not in nav: {sorted(pages - nav)}; missing files: {sorted(nav - pages)}"
+
+
+def test_ci_builds_the_site_strictly() -> None:
+    assert re.search(r"^make site$", (REPO / ".ci" / "run").read_text(), flags=re.MULTILINE)
+    assert "mkdocs build --strict" in (REPO / "Makefile").read_text()
