@@ -134,9 +134,7 @@ class ImportOutcome:
     errors: list[str]
 
 
-def import_objects(
-    options: KibanaOptions, objects: list[dict[str, Any]], *, overwrite: bool = True
-) -> ImportOutcome:
+def import_objects(options: KibanaOptions, objects: list[dict[str, Any]], *, overwrite: bool = True) -> ImportOutcome:
     """POST *objects* as an NDJSON file to the import API; `KibanaError` when Kibana is unreachable or refuses."""
     import urllib3
 

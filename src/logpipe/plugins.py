@@ -16,6 +16,8 @@ from . import config
 from .exceptions import ConfigError
 from .exporters.base import Exporter
 
+__all__ = ["DISTRIBUTION", "GROUP", "available", "create", "is_own", "load_class", "options_prefix"]
+
 #: The name logpipe is installed under (``pip install logpipe-kafkalog``); the import name and the
 #: command stay ``logpipe``. The index's ``logpipe`` is an unrelated project, so metadata look-ups
 #: and install hints must use this name, never the import name.
@@ -26,7 +28,6 @@ def is_own(dist_name: str) -> bool:
     """Whether *dist_name* (as metadata spells it: any case, ``_`` or ``.``) is logpipe's distribution."""
     return re.sub(r"[-_.]+", "-", dist_name).lower() == DISTRIBUTION
 
-__all__ = ["DISTRIBUTION", "GROUP", "available", "create", "is_own", "load_class", "options_prefix"]
 
 GROUP = "logpipe.exporters"
 
