@@ -138,10 +138,15 @@ class ShipOptions:
         check=at_least(0),
     )
     status_interval: float = setting(2.0, "Seconds between progress updates.", check=at_least(0.1))
+    status_file: Path | None = setting(
+        None,
+        "JSON file rewritten every STATUS_INTERVAL with the state and counters, for health checks "
+        "(logpipe health reads it; the container image sets it).",
+    )
     kafka_client: KafkaClient = setting(
         "auto",
         "Kafka client library that consumes: confluent-kafka (librdkafka, about a third of kafka-python's "
-        "CPU per message; pip install 'logpipe[ship]') or kafka-python; auto takes confluent-kafka when "
+        "CPU per message; pip install 'logpipe-kafkalog[ship]') or kafka-python; auto takes confluent-kafka when "
         "it is installed.",
     )
 

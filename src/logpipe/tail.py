@@ -145,6 +145,11 @@ class TailOptions:
         30.0, "Seconds a stop waits for batches in flight (e.g. while Kafka is down).", check=at_least(0)
     )
     status_interval: float = setting(2.0, "Seconds between progress updates.", check=at_least(0.1))
+    status_file: Path | None = setting(
+        None,
+        "JSON file rewritten every STATUS_INTERVAL with the state and counters, for health checks "
+        "(logpipe health reads it; the container image sets it).",
+    )
     isolation: Literal["auto", "thread", "process"] = setting(
         "auto",
         "Where the Kafka exporter runs, as LOGPIPE_ISOLATION: process (a child process: reading and "

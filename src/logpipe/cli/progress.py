@@ -15,12 +15,15 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-__all__ = ["Display", "install_signals", "with_flags"]
+from ..health import Heartbeat
+
+__all__ = ["Display", "install_signals", "reporter", "with_flags"]
 
 
 def with_flags(message: str, flags: Mapping[str, str]) -> str:
@@ -28,6 +31,26 @@ def with_flags(message: str, flags: Mapping[str, str]) -> str:
     for name, flag in flags.items():
         message = message.replace(f"argument {name!r}", flag)
     return message
+
+
+def reporter(
+    display: Display[S], command: str, status_file: Path | None, interval: float, variable: str
+) -> Callable[[S], None]:
+    """The progress callback: the display, then the status file when one is set (`logpipe.health`).
+
+    The display goes first: a status file that cannot be written goes stale,
+    which is what a health check should then see, but the display stays.
+    Raises `ConfigError` naming *variable* when the file cannot be written at start.
+    """
+    if status_file is None:
+        return display.update
+    beat = Heartbeat(command, status_file, interval, variable)
+
+    def update(stats: S) -> None:
+        display.update(stats)
+        beat(stats)
+
+    return update
 
 
 #: Seconds of samples the displayed rate is computed over.
