@@ -48,6 +48,9 @@ class TestByValue:
             ("key AKIAIOSFODNN7EXAMPLE used", f"key {MASK} used"),
             ("card 4111 1111 1111 1111 declined", f"card {MASK} declined"),
             ("card 4111-1111-1111-1111", f"card {MASK}"),
+            ("login password=hunter2 user=ann", f"login password={MASK} user=ann"),
+            ('{"api_key": "k-123", "x": 1}', f'{{"api_key": "{MASK}", "x": 1}}'),
+            ("Token: abc.def", f"Token: {MASK}"),
         ],
     )
     def test_secret_looking_values_are_masked(self, text: str, expected: str) -> None:
@@ -60,6 +63,8 @@ class TestByValue:
             "took 1733212800123 ms",
             "https://example.com/a:b@c",  # no userinfo before the host
             "version 1.2.3.4111111111111111",
+            "the token was refused",  # the word alone is no secret
+            "passwords must be long",
         ],
     )
     def test_lookalikes_are_left_alone(self, text: str) -> None:

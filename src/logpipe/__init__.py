@@ -17,6 +17,7 @@ from .exceptions import ConfigError
 from .exporters.base import Exporter, ExportResult, PartialFailure, Pending
 from .pipeline import Pipeline, configure, current, flush, processors, send, shutdown, stats
 from .record import KafkaLog, Record, error, info, make_record
+from .stdlib import LoggingHandler
 
 __all__ = [
     "ConfigError",
@@ -25,6 +26,7 @@ __all__ = [
     "ExportResult",
     "Exporter",
     "KafkaLog",
+    "LoggingHandler",
     "PartialFailure",
     "Pending",
     "Pipeline",

@@ -31,13 +31,18 @@ __all__ = [
 ]
 
 #: Keys structlog's stdlib integration adds for its own use; never shipped.
-_INTERNAL_KEYS = ("_record", "_from_structlog")
+_INTERNAL_KEYS = ("_record", "_from_structlog", "_ts")
 
 _BytesLogger = structlog.BytesLogger
 
 
 def add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """Add ``TraceId`` (32 hex) and ``SpanId`` (16 hex) of the current span, if valid."""
+    """Add ``TraceId`` (32 hex) and ``SpanId`` (16 hex) of the current span, if valid.
+
+    A record that brings its own (an OpenTelemetry log record) keeps them.
+    """
+    if "TraceId" in event_dict:
+        return event_dict
     current = get_current()
     if not current:  # an empty context holds no span: the common case outside traced code
         return event_dict
@@ -69,7 +74,7 @@ class FuncNameAdder:
     """
 
     def __init__(self, additional_ignores: list[str] | None = None) -> None:
-        self._ignores = ("structlog", "logging", "logpipe.processors", *(additional_ignores or []))
+        self._ignores = ("structlog", "logging", "logpipe.chain", *(additional_ignores or []))
         #: code object -> its FuncName, or None for code in an ignored module.
         self._names: dict[CodeType, str | None] = {}
         #: code of frame 2 (what called structlog's processor loop) -> (depth of the caller, code below it).
@@ -230,8 +235,8 @@ class KafkaLogRenderer:
         self._fixed_service = ""  # the service name, once ServiceName says it is final
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
-        ts = time.time()
         pop = event_dict.pop
+        ts = pop("_ts", None) or time.time()  # _ts: when a record from logging or OpenTelemetry was made
         pop("_record", None)  # _INTERNAL_KEYS, unrolled
         pop("_from_structlog", None)
         msg = pop("event", "")

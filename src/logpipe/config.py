@@ -244,6 +244,12 @@ class Settings:
     redact_pattern: str | None = setting(
         None, "A regular expression whose matches in any text are masked too (use | for several).", check=regex
     )
+    capture_stdlib: bool = setting(
+        False, "Attach logpipe.LoggingHandler to the root logger: standard library logging records go through logpipe."
+    )
+    capture_stdlib_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = setting(
+        "INFO", "Lowest level of logging records captured with capture_stdlib (the root logger is lowered to it)."
+    )
     handle_sigterm: bool = setting(
         True, "Turn SIGTERM into a clean exit that flushes (only when no handler is installed)."
     )

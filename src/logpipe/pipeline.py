@@ -8,6 +8,7 @@ address and which is flushed at interpreter exit and on SIGTERM.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import multiprocessing.util
 import os
 import signal
@@ -44,6 +45,7 @@ class Pipeline:
         self.dispatchers = tuple(dispatchers)
         self.settings = settings or Settings()
         self._closed = False
+        self._ingest_chain: list[Processor] | None = None
         _live.add(self)
 
     def submit(self, record: Record) -> None:
@@ -55,6 +57,26 @@ class Pipeline:
         """The structlog chain that ends in this pipeline."""
         submit: Any = self.dispatchers[0].submit if len(self.dispatchers) == 1 else self.submit
         return chain_processors(self.settings, submit, func_name_ignores=func_name_ignores)
+
+    def ingest(self, method_name: str, event_dict: dict[str, Any]) -> None:
+        """Log *event_dict* through this pipeline's chain, from outside structlog.
+
+        For records made elsewhere (stdlib `logging`, OpenTelemetry): the
+        same processors as a structlog call (redaction, trace context, the
+        renderer), nothing rendered locally. ``event`` is the message;
+        ``_record`` a `logging.LogRecord` (for FuncName), ``_ts`` the time
+        the record was made, ``FuncName``/``TraceId``/``SpanId`` win when given.
+        """
+        chain = self._ingest_chain
+        if chain is None:
+            quiet = dataclasses.replace(self.settings, local_render="none")
+            chain = self._ingest_chain = chain_processors(quiet, self.submit)
+        event: Any = event_dict
+        try:
+            for processor in chain:
+                event = processor(None, method_name, event)
+        except structlog.DropEvent:
+            pass
 
     def stats(self) -> dict[str, DispatchStats]:
         return {d.name: d.stats() for d in self.dispatchers}
@@ -212,6 +234,10 @@ def configure(
     if previous is not None:
         previous.shutdown()
     _install_exit_hooks(parsed)
+    if parsed.capture_stdlib:
+        from .stdlib import capture_root
+
+        capture_root(parsed.capture_stdlib_level)
     return pipeline
 
 

@@ -9,7 +9,8 @@ them by default (``LOGPIPE_REDACT=false`` turns it off), in two ways:
   and ``-``/``_`` insensitive: ``Password``, ``set-cookie``, ``API_KEY``), at
   any depth of ``Field``, inside lists too, is replaced whole by `MASK`;
 * by value: inside every string (``Msg``, field values, exception text),
-  bearer tokens, JWTs, the password of ``scheme://user:pass@host`` URLs,
+  the value of ``password=...``/``token: ...`` pairs, bearer tokens, JWTs,
+  the password of ``scheme://user:pass@host`` URLs,
   AWS access key ids and payment card numbers (Luhn-checked, so order ids
   and timestamps are left alone) are replaced by `MASK`.
 
@@ -61,6 +62,8 @@ SECRET_KEYS = frozenset(
 
 #: Value patterns, one named group each; `_replace` decides what is kept of a match.
 _VALUE_PATTERNS = (
+    r"(?P<kv>\b(?i:password|passwd|pwd|secret|client[_-]?secret|token|access[_-]?token|refresh[_-]?token"
+    r"|api[_-]?key)[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&]+",
     r"(?P<bearer>\b[Bb]earer\s+)[A-Za-z0-9\-._~+/]{8,}=*",
     r"(?P<jwt>\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)",
     r"(?P<userinfo>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]+:)[^\s/@]+(?=@)",
@@ -72,9 +75,9 @@ _VALUE_PATTERNS = (
 _CACHE = 8192
 #: Longer strings are checked each time rather than remembered.
 _CLEAN_TEXT_MAX = 256
-#: What a text must contain for a value pattern to match it: a bearer token, a JWT, a URL with
-#: userinfo, an AWS key id; card numbers need a run of digits (`_DIGITS`).
-_NEEDLES = ("earer", "eyJ", "://", "AKIA", "ASIA", "AIDA", "AROA")
+#: What a text must contain, in lower case, for a value pattern to match it: a bearer token, a JWT, a
+#: URL with userinfo, an AWS key id, ``password=...``-like pairs; card numbers need a run of digits.
+_NEEDLES = ("earer", "eyj", "://", "akia", "asia", "aida", "aroa", "pass", "pwd", "secret", "token", "key")
 _DIGITS = re.compile(r"\d\d\d\d")
 
 
@@ -90,7 +93,7 @@ def _luhn(digits: str) -> bool:
 
 def _replace(match: re.Match[str]) -> str:
     kind = match.lastgroup
-    if kind == "bearer" or kind == "userinfo":
+    if kind == "bearer" or kind == "userinfo" or kind == "kv":
         return match.group(kind) + MASK
     if kind == "card":
         digits = re.sub(r"[ -]", "", match.group(0))
@@ -176,8 +179,9 @@ class Redactor:
     @staticmethod
     def _suspect(text: str) -> bool:
         """Could *text* hold a value pattern? Substring tests in C, before any regular expression runs."""
+        low = text.lower()
         for needle in _NEEDLES:
-            if needle in text:
+            if needle in low:
                 return True
         return len(text) >= 13 and _DIGITS.search(text) is not None
 
