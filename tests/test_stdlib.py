@@ -7,7 +7,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 import logpipe
