@@ -10,6 +10,7 @@ from .exporters import exporters
 from .replay import replay
 from .search import search
 from .ship import ship
+from .status import status_command
 from .tail import tail
 
 __all__ = ["main"]
@@ -27,3 +28,4 @@ main.add_command(ship)
 main.add_command(search)
 main.add_command(replay)
 main.add_command(tail)
+main.add_command(status_command)
