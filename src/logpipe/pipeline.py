@@ -8,6 +8,7 @@ address and which is flushed at interpreter exit and on SIGTERM.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import threading
@@ -201,7 +202,16 @@ def configure(
     if previous is not None:
         previous.shutdown()
     _install_exit_hooks(parsed)
+    _publish_metrics()
     return pipeline
+
+
+def _publish_metrics() -> None:
+    """Counters as OpenTelemetry metrics when the application has a MeterProvider (see `metrics.publish_stats`)."""
+    from .metrics import publish_stats
+
+    with contextlib.suppress(Exception):  # metrics must never stop an application from logging
+        publish_stats()
 
 
 def processors(**options: Any) -> list[Processor]:

@@ -140,7 +140,9 @@ class Renderer:
             first, *_ = body.wrap(self.console, first_width, overflow="fold") or [Text("")]
             rest_text = body[len(first.plain) :]
             rest_text = rest_text[len(rest_text.plain) - len(rest_text.plain.lstrip(" ")) :]
-            rest = list(rest_text.wrap(self.console, max(1, width - indent), overflow="fold")) if rest_text.plain else []
+            rest = (
+                list(rest_text.wrap(self.console, max(1, width - indent), overflow="fold")) if rest_text.plain else []
+            )
             pieces = [first, *rest]
         else:
             pieces = list(body.wrap(self.console, width - indent, overflow="fold")) or [Text("")]
@@ -150,7 +152,10 @@ class Renderer:
             lines.append(pad + Text(f"{key}:", style="dim"))
             for raw in value.splitlines():
                 block = Text(raw.expandtabs(4), style="dim")
-                lines.extend(pad + Text("  ") + piece for piece in block.wrap(self.console, max(1, width - indent - 2), overflow="fold"))
+                lines.extend(
+                    pad + Text("  ") + piece
+                    for piece in block.wrap(self.console, max(1, width - indent - 2), overflow="fold")
+                )
         return lines
 
     def print(self, doc: Mapping[str, Any]) -> None:

@@ -21,9 +21,8 @@ import click
 import orjson
 from rich.console import Console
 
-from .. import config
+from .. import config, filesearch
 from .. import elasticsearch as es
-from .. import filesearch
 from ..exceptions import ConfigError
 from ..exporters.file import FileOptions
 from .render import Renderer, Template
@@ -199,7 +198,11 @@ def _writer(as_json: bool, template: str | None) -> Callable[[dict[str, Any]], N
         raise click.UsageError("--json and --format are alternatives: give one")
     if as_json:
         out = sys.stdout.buffer
-        return lambda doc: out.write(orjson.dumps(doc) + b"\n")
+
+        def write_json(doc: dict[str, Any]) -> None:
+            out.write(orjson.dumps(doc) + b"\n")
+
+        return write_json
     if template is not None:
         try:
             layout = Template(template)
@@ -310,7 +313,9 @@ class _EsSource(_Source):
             self.options = config.load(es.ElasticsearchOptions, es.ENV_PREFIX, overrides)
             es.check_options(self.options)
         except ConfigError as exc:
-            message = str(exc).replace("argument 'hosts'", "--hosts").replace("argument 'index_prefix'", "--index-prefix")
+            message = (
+                str(exc).replace("argument 'hosts'", "--hosts").replace("argument 'index_prefix'", "--index-prefix")
+            )
             raise click.UsageError(message) from exc
         self.query = build_query(
             text,
@@ -386,5 +391,3 @@ def _sort(order: str) -> list[dict[str, Any]]:
         {"Time": {"order": order, "unmapped_type": "date"}},
         {"Id": {"order": order, "unmapped_type": "keyword"}},
     ]
-
-

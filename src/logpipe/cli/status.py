@@ -58,7 +58,9 @@ def _duration(value: str) -> float:
     help="A spool whose oldest record waited longer is stuck (exit status 1).",
 )
 @click.option("--max-lag", type=click.IntRange(0), help="A group lag (messages) over this is stuck too.")
-@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1), help="Seconds to wait for Kafka.")
+@click.option(
+    "--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1), help="Seconds to wait for Kafka."
+)
 def status_command(
     spool_dir: Path | None,
     registry: Path | None,
@@ -83,7 +85,9 @@ def status_command(
     if env["bootstrap"]:
         problems += _lag(console, env["bootstrap"], env["group"], max_lag, timeout)
     else:
-        console.print("[bold]Shipper lag[/]: no Kafka configured (--bootstrap-servers / LOGPIPE_SHIP_BOOTSTRAP_SERVERS)")
+        console.print(
+            "[bold]Shipper lag[/]: no Kafka configured (--bootstrap-servers / LOGPIPE_SHIP_BOOTSTRAP_SERVERS)"
+        )
     if problems:
         for problem in problems:
             console.print(f"[bold red]stuck[/]: {problem}", soft_wrap=True)
@@ -134,7 +138,8 @@ def _spools(console: Console, root: Path, limit: float) -> list[str]:
         )
         if stuck:
             problems.append(
-                f"spool {directory}: {backlog.records:,} record(s), oldest waiting {_age(age)} (> --max-age {_age(limit)})"
+                f"spool {directory}: {backlog.records:,} record(s), "
+                f"oldest waiting {_age(age)} (> --max-age {_age(limit)})"
             )
     if table.row_count:
         console.print(table)
@@ -186,7 +191,9 @@ def _lag(console: Console, bootstrap: str, group: str, max_lag: int | None, time
     for (topic, partition), (committed, end) in lag.items():
         behind = max(0, end - committed)
         stuck = max_lag is not None and behind > max_lag
-        table.add_row(f"{topic}[{partition}]", f"{committed:,}", f"{end:,}", f"{behind:,}", style="red" if stuck else None)
+        table.add_row(
+            f"{topic}[{partition}]", f"{committed:,}", f"{end:,}", f"{behind:,}", style="red" if stuck else None
+        )
         if stuck:
             problems.append(f"group {group} lags {behind:,} message(s) on {topic}[{partition}] (> --max-lag {max_lag})")
     console.print(table)
