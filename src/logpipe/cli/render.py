@@ -97,7 +97,8 @@ class Renderer:
         """Time and level: a fixed-width column, so the messages of consecutive records line up."""
         kind = str(doc.get("Type", "") or "")
         level = LEVEL_NAMES.get(kind.lower(), kind.upper())
-        head = Text(short_time(str(doc.get("Time", ""))), style="dim")
+        head = Text()
+        head.append(short_time(str(doc.get("Time", ""))), style="dim")
         head.append(" ")
         head.append(level + " " * max(0, LEVEL_CELLS - cell_len(level)), style=LEVEL_STYLES.get(kind.lower(), ""))
         head.append(" ")
