@@ -31,7 +31,9 @@ def _duration(value: str) -> float:
             return float(text[:-1]) * units[text[-1]]
         return float(text)
     except ValueError:
-        raise click.BadParameter(f"{value!r}: use seconds or a duration (90s, 15m, 2h, 1d)") from None
+        raise click.BadParameter(
+            f"{value!r}: use seconds or a duration (90s, 15m, 2h, 1d)", param_hint="--max-age"
+        ) from None
 
 
 @click.command("status")
