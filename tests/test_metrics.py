@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -225,4 +224,3 @@ def _global_provider_is_real() -> bool:
     from opentelemetry import metrics
 
     return type(metrics.get_meter_provider()).__name__ != "ProxyMeterProvider"
-

@@ -21,6 +21,7 @@ from logpipe import elasticsearch as es
 from logpipe.exporters.elasticsearch import ElasticsearchExporter, ElasticsearchExporterOptions
 from logpipe.record import make_record
 
+
 class Follow:
     """``logpipe search -f --json ...`` in a child process; its stdout lines collected by a thread."""
 
@@ -80,7 +81,8 @@ def test_follow_prints_each_new_record_once(es_service: Service, prefix: str, tm
             batch.append(make_record(type="info", msg="other service", service="store", ts=same))
             exporter.export(batch)
             arrived += [r.id for r in batch if r.decoded()["Service"] == "shop"]
-            wait_until(lambda: len(follow.ids()) >= 1 + len(arrived), timeout=30)
+            expected = 1 + len(arrived)
+            wait_until(lambda n=expected: len(follow.ids()) >= n, timeout=30)  # type: ignore[misc]
         status, err = follow.interrupt()
     finally:
         exporter.shutdown()

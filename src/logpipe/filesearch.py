@@ -104,19 +104,30 @@ class Query:
     trace_id: str | None = None
     _words: list[str] = field(init=False, default_factory=list)
     _needles: list[bytes] = field(init=False, default_factory=list)
+    _caseless: list[bytes] = field(init=False, default_factory=list)
+    _values: list[list[bytes] | None] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self._words = words(self.text or "")
-        # Byte tests that every matching line passes: ASCII words (lower-cased lines), exact values
-        # as they appear in JSON. Non-ASCII words are not tested this way: a producer may \u-escape them.
-        self._needles = [w.encode() for w in dict.fromkeys(self._words) if w.isascii()]
+        # Byte tests every matching line passes (see `maybe`). Words with letter case are tested
+        # against the lower-cased line, so only ASCII ones (bytes.lower() folds ASCII only); caseless
+        # words (CJK, digits) as their UTF-8 bytes, unless the line \u-escapes (json.dumps' default).
+        unique = list(dict.fromkeys(self._words))
+        self._needles = [w.encode() for w in unique if w.isascii()]
+        self._caseless = [w.encode() for w in unique if not w.isascii() and w.lower() == w.upper()]
+        self._values = [_json_strings(v) for v in (self.levels, self.services) if v]
+        if self.trace_id:
+            self._values.append(_json_strings((self.trace_id,)))
 
-    def maybe(self, line: bytes) -> bool:
-        """False when *line* cannot match (cheap: no JSON parsing); True when it has to be looked at."""
-        if self.trace_id and self.trace_id.isascii() and self.trace_id.encode() not in line:
+    def maybe(self, data: bytes) -> bool:
+        """False when no line of *data* (one line or a block of them) can match: cheap, no JSON parsing."""
+        for alternatives in self._values:
+            if alternatives is not None and not any(a in data for a in alternatives):
+                return False
+        if self._caseless and b"\\u" not in data and not all(n in data for n in self._caseless):
             return False
         if self._needles:
-            lowered = line.lower()
+            lowered = data.lower()
             if not all(n in lowered for n in self._needles):
                 return False
         return True
@@ -140,6 +151,16 @@ class Query:
                 return _contains(found, self._words)
             return set(self._words) <= set(found)
         return True
+
+
+def _json_strings(values: tuple[str, ...]) -> list[bytes] | None:
+    """``"value"`` as it appears in compact JSON, for each value; None when one may be escaped there."""
+    out = []
+    for value in values:
+        if not value.isascii() or any(c in value for c in '"\\/') or not value.isprintable():
+            return None
+        out.append(orjson.dumps(value))
+    return out
 
 
 def _contains(haystack: list[str], needle: list[str]) -> bool:
@@ -167,6 +188,10 @@ def ordered(pattern: str) -> list[Path]:
         if os.path.isfile(name) and not name.endswith((".offset", ".tmp")):
             found.append((st.st_mtime_ns, name))
     return [Path(name) for _, name in sorted(found)]
+
+
+#: Bytes read at once: big enough that the byte tests skip whole blocks, small enough to stay in cache.
+BLOCK_BYTES = 1 << 20
 
 
 @dataclass
@@ -222,19 +247,27 @@ class FileFollower:
             handle.seek(start)
             offset = start
             maybe, matches = self.query.maybe, self.query.matches
-            for line in handle:
-                if not line.endswith(b"\n"):
-                    break  # being written: next poll
-                offset += len(line)
-                self.lines += 1
-                if not maybe(line):
+            carry = b""
+            while block := handle.read(BLOCK_BYTES):
+                block = carry + block
+                end = block.rfind(b"\n") + 1
+                carry = block[end:]  # an incomplete last line is being written: next poll
+                if not end:
                     continue
-                try:
-                    doc = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(doc, dict) and matches(doc):
-                    yield doc
+                offset += end
+                complete = block[:end]
+                self.lines += complete.count(b"\n")
+                if not maybe(complete):
+                    continue  # no line of this block can match: most blocks of a selective search
+                for line in complete.split(b"\n")[:-1]:
+                    if not maybe(line):
+                        continue
+                    try:
+                        doc = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(doc, dict) and matches(doc):
+                        yield doc
             self.bytes += offset - start
             self.positions[key] = _Position(path, offset)
 
