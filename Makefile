@@ -7,11 +7,14 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test docs services-start services-stop bench clean
+.PHONY: demo test test-fresh-boot docs site services-start services-stop bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# The distribution was renamed logpipe -> logpipe-kafkalog: an old editable install of
+	@# "logpipe" would register every exporter entry point twice.
+	-$(PY) -m pip uninstall -q -y logpipe 2>/dev/null
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -25,9 +28,22 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## The same suite as if the machine had booted 30 s ago (time.monotonic() small, as in a new
+## container): scripts/fresh-boot.sh runs pytest in a Linux time namespace.
+test-fresh-boot: $(VENV)/.installed
+	bash scripts/fresh-boot.sh $(PY) -m pytest $(PYTEST_ARGS)
+
 ## Regenerate the settings tables in docs/configuration.md from the code.
 docs: $(VENV)/.installed
 	$(PY) scripts/gen_config_docs.py
+
+## Build the documentation site (mkdocs, material theme) into site/; any warning fails it.
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+site: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 ## Run the benchmark suite (bench/): one table per workload on the terminal, and
 ## docs/benchmarks.md + docs/img/ written. Starts the Kafka broker and the
@@ -59,4 +75,4 @@ services-stop:
 	-bash scripts/elasticsearch.sh stop
 
 clean:
-	rm -rf $(VENV) .services logs .pytest_cache
+	rm -rf $(VENV) .services logs .pytest_cache site

@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from logpipe.plugins import DISTRIBUTION
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 
@@ -243,7 +245,7 @@ def machine() -> dict[str, str]:
     info["Python"] = f"{platform.python_implementation()} {platform.python_version()}"
     versions = []
     for dist in (
-        "logpipe",
+        DISTRIBUTION,
         "structlog",
         "orjson",
         "opentelemetry-sdk",

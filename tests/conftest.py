@@ -26,6 +26,11 @@ import logpipe
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_report_header() -> str:
+    """Say which clock the run saw: CI runs the suite on a normal clock and on a fresh-boot one."""
+    return f"monotonic clock: {time.monotonic():.0f} s since boot"
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> object:
     """Poll *predicate* until it returns something truthy; fail after *timeout* seconds."""
     deadline = time.monotonic() + timeout

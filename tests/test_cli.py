@@ -48,7 +48,7 @@ class TestExportersCommand:
         """`logpipe exporters` lists installed exporters and their variables."""
         result = CliRunner().invoke(main, ["exporters"], terminal_width=200)
         assert result.exit_code == 0, result.output
-        for text in ("file", "console", "memory", "LOGPIPE_EXPORTER", "LOGPIPE_FILE_MAX_BYTES"):
+        for text in ("file", "console", "spool", "LOGPIPE_EXPORTER", "LOGPIPE_FILE_MAX_BYTES"):
             assert text in result.output
 
 

@@ -109,8 +109,15 @@ def closed_port() -> int:
 
 def test_available_lists_the_builtin_exporters() -> None:
     found = plugins.available()
-    assert {"file", "console", "memory"} <= set(found)
+    assert {"file", "console", "kafka", "elasticsearch", "spool"} <= set(found)
     assert found["file"].value == "logpipe.exporters.file:FileExporter"
+
+
+def test_the_test_exporter_is_not_an_entry_point() -> None:
+    """InMemoryExporter is for tests: no production setting can select it by name."""
+    assert "memory" not in plugins.available()
+    with pytest.raises(ConfigError, match="unknown exporter 'memory'"):
+        plugins.create("memory")
 
 
 def test_unknown_exporter_names_the_variable_and_lists_installed_ones() -> None:
@@ -119,7 +126,7 @@ def test_unknown_exporter_names_the_variable_and_lists_installed_ones() -> None:
     message = str(caught.value)
     assert "LOGPIPE_EXPORTER" in message
     assert "'nope'" in message
-    for name in ("file", "console", "memory"):
+    for name in ("file", "console", "spool"):
         assert name in message
 
 

@@ -28,3 +28,12 @@ def test_a_closed_stderr_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr("sys.stderr", Closed())
     assert Reporter()("lost") is False
+
+
+def test_the_first_report_is_printed_on_a_freshly_booted_machine(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The monotonic clock counts from boot: at 5 s after boot the first line still goes out."""
+    monkeypatch.setattr("logpipe.report.time.monotonic", lambda: 5.0)
+    assert Reporter("kafka: ", every=10.0)("broker unavailable")
+    assert capsys.readouterr().err == "logpipe: kafka: broker unavailable\n"

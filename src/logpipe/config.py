@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -55,6 +56,17 @@ def setting(default: Any, help: str, *, check: Check | None = None) -> Any:
 def at_least(low: float) -> Check:
     """A check: the value must be >= *low*."""
     return lambda value: None if value >= low else f"must be at least {low}"
+
+
+def regex(value: str | None) -> str | None:
+    """A check: the value, when set, must be a regular expression Python compiles."""
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"not a regular expression ({exc})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -222,6 +234,15 @@ class Settings:
     service: str = setting("", "Service name; default: OTEL_SERVICE_NAME / OpenTelemetry resource.")
     local_render: Literal["json", "console", "none"] = setting(
         "json", "What the chain returns to structlog's own logger: json, console or none."
+    )
+    redact: bool = setting(
+        True,
+        "Mask secrets before a record leaves the process: values of keys like password, token, authorization, "
+        "cookie, api_key, and bearer tokens, JWTs, URL passwords, AWS key ids and card numbers in any text.",
+    )
+    redact_keys: tuple[str, ...] = setting((), "More key names whose values are masked (case-insensitive).")
+    redact_pattern: str | None = setting(
+        None, "A regular expression whose matches in any text are masked too (use | for several).", check=regex
     )
     handle_sigterm: bool = setting(
         True, "Turn SIGTERM into a clean exit that flushes (only when no handler is installed)."

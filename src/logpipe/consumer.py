@@ -8,7 +8,7 @@ confluent-kafka, in C (about 3 us, its threads included). On a machine the
 shipper shares with Elasticsearch that CPU is taken from the indexing.
 
 So the shipper talks to `Consumer`, and `open_consumer` picks the library:
-confluent-kafka when it is installed (``pip install 'logpipe[ship]'``) and
+confluent-kafka when it is installed (``pip install 'logpipe-kafkalog[ship]'``) and
 kafka-python otherwise, or the one ``LOGPIPE_SHIP_KAFKA_CLIENT`` names. The
 two behave the same for the shipper: eager rebalances with a callback when
 partitions are revoked and assigned, commits that fail with `CommitRefused`
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol, cast
 
 from .exceptions import ConfigError
+from .plugins import DISTRIBUTION
 
 __all__ = [
     "CLIENTS",
@@ -164,7 +165,7 @@ def resolve_client(
         fast = _installed("confluent_kafka") and (pattern is None or _librdkafka_accepts(pattern))
         return "confluent-kafka" if fast or not _installed("kafka") else "kafka-python"
     if not _installed(CLIENTS[choice]):
-        extra = "logpipe[ship]" if choice == "confluent-kafka" else "logpipe[kafka]"
+        extra = f"{DISTRIBUTION}[ship]" if choice == "confluent-kafka" else f"{DISTRIBUTION}[kafka]"
         raise ConfigError(f"{variable}={choice}: {choice} is not installed (pip install '{extra}')")
     if choice == "confluent-kafka" and pattern is not None and not _librdkafka_accepts(pattern):
         raise ConfigError(

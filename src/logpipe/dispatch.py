@@ -31,6 +31,7 @@ nothing is lost.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -41,7 +42,8 @@ from dataclasses import dataclass
 
 from .config import Overflow
 from .exceptions import ConfigError
-from .exporters.base import Exporter, ExportResult, PartialFailure, Pending
+from .exporters.base import Exporter, ExportResult, Outcome, PartialFailure
+from .inflight import InFlight
 from .record import Record
 from .report import Reporter
 
@@ -103,6 +105,11 @@ class Dispatcher:
         self._start_worker()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork_in_child"))
+
+    @property
+    def overflow(self) -> Overflow:
+        """The full-queue policy in force (`LOGPIPE_OVERFLOW`, or its default for this exporter)."""
+        return self._overflow
 
     # -- the application's side ------------------------------------------------
 
@@ -222,72 +229,79 @@ class Dispatcher:
     def _run(self) -> None:
         """Take batches off the queue and export them, several at once when the exporter pipelines.
 
-        With ``max_in_flight`` of 1 this is stop-and-wait: begin a batch, wait
-        for it, take the next. With more, full batches are begun while earlier
-        ones are still on the wire, and outcomes are collected oldest first; a
+        A thin user of `InFlight`: with ``max_in_flight`` of 1 this is
+        stop-and-wait; with more, full batches are begun while earlier ones
+        are still on the wire, and outcomes are settled oldest first. A
         partial batch is only begun once nothing is in flight (or on flush and
         shutdown), so a trickle of records still leaves after ``batch_delay``.
         """
-        in_flight: deque[tuple[Sequence[Record], Pending | None]] = deque()
-        window = max(1, self.exporter.max_in_flight)
+        flights: InFlight[Sequence[Record], Outcome] = InFlight(
+            max(1, self.exporter.max_in_flight),
+            failed=ExportResult.FAILURE,
+            commit=self._committed,
+            report=self._report,
+        )
         while True:
-            with self._lock:
-                if not in_flight and len(self._queue) < self._batch_size and not (self._flushing or self._stopped):
-                    self._wake.wait(self._batch_delay)
-                full = len(self._queue) >= self._batch_size
-                if len(in_flight) < window and (full or not in_flight or self._flushing or self._stopped):
-                    take = min(self._batch_size, len(self._queue))
-                else:
-                    take = 0
-                if take == len(self._queue):  # the usual case: all of it, at C speed
-                    batch = list(self._queue)
-                    self._queue.clear()
-                else:
-                    pop = self._queue.popleft
-                    batch = [pop() for _ in range(take)]
-                self._in_flight += take
-                if take and self._room_waiters:
-                    self._room.notify_all()
-                if not batch and not in_flight and self._stopped:
-                    self._drained.notify_all()
-                    return
+            batch = self._take(flights)
             if batch:
-                in_flight.append((batch, self._begin(batch)))
-            elif in_flight:
-                done, pending = in_flight.popleft()
-                self._finish(done, pending)
-                with self._lock:
-                    self._in_flight -= len(done)
-                    self._done += len(done)
-                    if self._flushing:
-                        self._drained.notify_all()
+                flights.begin(batch, functools.partial(self.exporter.begin, batch))
+            elif len(flights):
+                settled = flights.settle()
+                assert settled is not None
+                self._count(*settled)
+                flights.acknowledge(settled[0])
+            elif self._stopped_and_empty():
+                return
 
-    def _begin(self, batch: Sequence[Record]) -> Pending | None:
-        """Hand *batch* to the exporter; None when that already failed."""
-        try:
-            return self.exporter.begin(batch)
-        except Exception as exc:  # an exporter bug must not kill the worker
-            self._report(f"export raised {type(exc).__name__}: {exc}")
-            return None
+    def _take(self, flights: InFlight[Sequence[Record], Outcome]) -> list[Record]:
+        """The next batch to begin (maybe empty), waiting up to batch_delay when there is nothing to do."""
+        with self._lock:
+            if not len(flights) and len(self._queue) < self._batch_size and not (self._flushing or self._stopped):
+                self._wake.wait(self._batch_delay)
+            full = len(self._queue) >= self._batch_size
+            if flights.full or not (full or not len(flights) or self._flushing or self._stopped):
+                return []
+            take = min(self._batch_size, len(self._queue))
+            if take == len(self._queue):  # the usual case: all of it, at C speed
+                batch = list(self._queue)
+                self._queue.clear()
+            else:
+                pop = self._queue.popleft
+                batch = [pop() for _ in range(take)]
+            self._in_flight += take
+            if take and self._room_waiters:
+                self._room.notify_all()
+            return batch
 
-    def _finish(self, batch: Sequence[Record], pending: Pending | None) -> None:
-        """Wait for *batch*'s outcome; count what was sent, hand the rest to the fallback."""
-        result: ExportResult | PartialFailure = ExportResult.FAILURE
-        if pending is not None:
-            try:
-                result = pending.wait()
-            except Exception as exc:
-                self._report(f"export raised {type(exc).__name__}: {exc}")
-        if result is ExportResult.SUCCESS:
+    def _stopped_and_empty(self) -> bool:
+        """Stopped with nothing queued: wake the flushers one last time; True when the worker may end."""
+        with self._lock:
+            if self._stopped and not self._queue:
+                self._drained.notify_all()
+                return True
+            return False
+
+    def _count(self, batch: Sequence[Record], outcome: Outcome) -> None:
+        """Count what *batch* delivered; hand the rest to the fallback."""
+        if outcome is ExportResult.SUCCESS:
             failed: Sequence[Record] = ()
-        elif isinstance(result, PartialFailure):
-            failed = result.failed
+        elif isinstance(outcome, PartialFailure):
+            failed = outcome.failed
         else:
             failed = batch
         with self._lock:
             self._sent += len(batch) - len(failed)
         if failed:
             self._to_fallback(failed)
+
+    def _committed(self, batches: list[Sequence[Record]]) -> None:
+        """The engine's commit hook: these batches are accounted for; flushers waiting on them may go."""
+        done = sum(len(b) for b in batches)
+        with self._lock:
+            self._in_flight -= done
+            self._done += done
+            if self._flushing:
+                self._drained.notify_all()
 
     def _to_fallback(self, records: Sequence[Record]) -> None:
         """Hand *records* to the fallback exporter; count them spilled or failed."""

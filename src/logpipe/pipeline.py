@@ -14,20 +14,21 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
 from structlog.typing import Processor
 
 from . import config, plugins
+from .chain import FuncNameAdder, KafkaLogRenderer, ServiceName, add_trace_context
 from .config import Settings
 from .dispatch import Dispatcher, DispatchStats
 from .exceptions import ConfigError
 from .exporters.base import Exporter, Serialized
 from .exporters.process import isolate
-from .processors import FuncNameAdder, KafkaLogRenderer, ServiceName, add_trace_context
 from .record import Record
+from .redact import Redactor
 
 __all__ = ["Pipeline", "configure", "current", "flush", "processors", "send", "shutdown", "stats"]
 
@@ -52,24 +53,8 @@ class Pipeline:
 
     def processors(self, *, func_name_ignores: list[str] | None = None) -> list[Processor]:
         """The structlog chain that ends in this pipeline."""
-        s = self.settings
         submit: Any = self.dispatchers[0].submit if len(self.dispatchers) == 1 else self.submit
-        return [
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            add_trace_context,
-            FuncNameAdder(func_name_ignores),
-            KafkaLogRenderer(
-                submit,
-                action=s.action,
-                time_format=s.time_format,
-                utc=s.utc,
-                service=ServiceName(s.service),
-                local=s.local_render,
-            ),
-        ]
+        return chain_processors(self.settings, submit, func_name_ignores=func_name_ignores)
 
     def stats(self) -> dict[str, DispatchStats]:
         return {d.name: d.stats() for d in self.dispatchers}
@@ -155,6 +140,31 @@ class Pipeline:
                 )
             )
         return cls(dispatchers, settings)
+
+
+def chain_processors(
+    settings: Settings, submit: Callable[[Record], object], *, func_name_ignores: list[str] | None = None
+) -> list[Processor]:
+    """The processor chain that hands each record to *submit* (a pipeline's queue, or a test's list)."""
+    s = settings
+    redact: list[Processor] = [Redactor(s.redact_keys, s.redact_pattern)] if s.redact else []
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        *redact,
+        add_trace_context,
+        FuncNameAdder(func_name_ignores),
+        KafkaLogRenderer(
+            submit,
+            action=s.action,
+            time_format=s.time_format,
+            utc=s.utc,
+            service=ServiceName(s.service),
+            local=s.local_render,
+        ),
+    ]
 
 
 # -- the current pipeline ----------------------------------------------------------

@@ -7,6 +7,7 @@ named get imported: selecting ``file`` never imports the Kafka client.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -15,7 +16,18 @@ from . import config
 from .exceptions import ConfigError
 from .exporters.base import Exporter
 
-__all__ = ["GROUP", "available", "create", "load_class", "options_prefix"]
+__all__ = ["DISTRIBUTION", "GROUP", "available", "create", "is_own", "load_class", "options_prefix"]
+
+#: The name logpipe is installed under (``pip install logpipe-kafkalog``); the import name and the
+#: command stay ``logpipe``. The index's ``logpipe`` is an unrelated project, so metadata look-ups
+#: and install hints must use this name, never the import name.
+DISTRIBUTION = "logpipe-kafkalog"
+
+
+def is_own(dist_name: str) -> bool:
+    """Whether *dist_name* (as metadata spells it: any case, ``_`` or ``.``) is logpipe's distribution."""
+    return re.sub(r"[-_.]+", "-", dist_name).lower() == DISTRIBUTION
+
 
 GROUP = "logpipe.exporters"
 
@@ -41,7 +53,7 @@ def load_class(name: str, *, variable: str = "LOGPIPE_EXPORTER") -> type[Exporte
     except ImportError as exc:
         raise ConfigError(
             f"{variable}: exporter {name!r} cannot be imported ({exc}); "
-            f"install its extra, e.g. pip install 'logpipe[{name}]'"
+            f"install its extra, e.g. pip install '{DISTRIBUTION}[{name}]'"
         ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Exporter)):
         raise ConfigError(f"{variable}: entry point {name!r} ({entry.value}) is not an Exporter class")

@@ -90,20 +90,16 @@ class Record(NamedTuple):
 
     @classmethod
     def from_json(cls, payload: bytes) -> Record:
-        """Rebuild a record from its wire JSON (spool replay, file tail).
+        """Rebuild a record from its wire JSON, by `logpipe.ingress.parse`'s rules.
 
-        Raises `ValueError` when *payload* is not a KafkaLog object.
+        Raises `ValueError` with the reason when *payload* is not a KafkaLog record.
         """
-        doc = decode(payload)
-        if not isinstance(doc, dict) or not isinstance(doc.get("Id"), str):
-            raise ValueError("not a KafkaLog record: missing string 'Id'")
-        return cls(
-            id=doc["Id"],
-            ts=_parse_ts(doc.get("Time")),
-            trace_id=str(doc.get("TraceId") or ""),
-            service=str(doc.get("Service") or ""),
-            payload=payload,
-        )
+        from .ingress import Invalid, parse  # ingress builds Records: imported late, not at module load
+
+        result = parse(payload)
+        if isinstance(result, Invalid):
+            raise ValueError(f"not a KafkaLog record: {result.reason}")
+        return result
 
     def decoded(self) -> KafkaLog:
         """The payload as a dict."""
@@ -150,23 +146,6 @@ _iso_seconds: dict[bool, tuple[int, str, str]] = {}
 _MILLIS = (*(f".{ms:03d}" for ms in range(1000)), ".999")
 
 
-def _parse_ts(value: object) -> float:
-    if isinstance(value, str):
-        for parse in (datetime.fromisoformat, _parse_seed_time):
-            try:
-                moment = parse(value)
-            except ValueError:
-                continue
-            if moment.tzinfo is None:
-                moment = moment.astimezone()
-            return moment.timestamp()
-    return time.time()
-
-
-def _parse_seed_time(value: str) -> datetime:
-    return datetime.strptime(value, SEED_TIME_FORMAT)
-
-
 # --- encoding ---------------------------------------------------------------
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
@@ -175,12 +154,34 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS
 def _printable(obj: object) -> object:
     """orjson's fallback: turn what JSON cannot hold into something readable."""
     if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
+        return sorted(obj, key=_safe_repr)
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return bytes(obj).decode("utf-8", "backslashreplace")
     if isinstance(obj, BaseException):
-        return f"{type(obj).__name__}: {obj}"
-    return _safe_str(obj)
+        return _clean_text(f"{type(obj).__name__}: {_safe_str(obj)}")
+    return _clean_text(_safe_str(obj))
+
+
+def _clean_text(text: str) -> str:
+    """*text* without lone surrogates, which UTF-8 (and so JSON on the wire) cannot hold.
+
+    ``os.fsdecode`` turns undecodable bytes of a file name into surrogates
+    U+DC80..U+DCFF (``surrogateescape``): those become the original bytes,
+    shown as ``\\xNN``; any other lone surrogate is shown as ``\\uDNNN``.
+    Nothing is dropped and a log call never fails on it.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _safe_repr(obj: object) -> str:
+    """``repr`` for sorting a set's members; an object whose repr raises sorts by its type."""
+    try:
+        return repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__}>"
 
 
 def _safe_str(obj: object) -> str:
@@ -197,9 +198,9 @@ def encode(doc: Mapping[str, Any]) -> bytes:
     """Encode *doc* as compact JSON, never raising and never dropping a value.
 
     The fast path is one ``orjson.dumps``. Values orjson refuses (integers past
-    64 bits, cycles) or silently turns into ``null`` (NaN, infinities) send the
-    document through `_sanitize` first; the ``null`` scan keeps that check
-    nearly free for the common case.
+    64 bits, cycles, strings with lone surrogates) or silently turns into
+    ``null`` (NaN, infinities) send the document through `_sanitize` first; the
+    ``null`` scan keeps that check nearly free for the common case.
     """
     try:
         # OPT_NON_STR_KEYS takes orjson's slower dict path (~35% of the dumps); try without it,
@@ -233,7 +234,9 @@ def _has_non_finite(value: object, depth: int = 0) -> bool:
 
 
 def _sanitize(value: object, seen: set[int]) -> object:
-    """Deep copy of *value* that plain JSON can hold; cycles become markers."""
+    """Deep copy of *value* that plain JSON can hold; cycles become markers, lone surrogates escapes."""
+    if isinstance(value, str):
+        return _clean_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # 'nan', 'inf', '-inf'
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
@@ -244,13 +247,17 @@ def _sanitize(value: object, seen: set[int]) -> object:
         seen = seen | {id(value)}
         if isinstance(value, Mapping):
             return {_key(k): _sanitize(v, seen) for k, v in value.items()}
-        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        items = sorted(value, key=_safe_repr) if isinstance(value, (set, frozenset)) else value
         return [_sanitize(v, seen) for v in items]
     return value
 
 
 def _key(key: object) -> object:
-    return key if isinstance(key, (str, int, float, bool)) or key is None else _safe_str(key)
+    if isinstance(key, str):
+        return _clean_text(key)
+    if isinstance(key, int) and not isinstance(key, bool) and not -(2**63) <= key < 2**64:
+        return str(key)
+    return key if isinstance(key, (int, float, bool)) or key is None else _clean_text(_safe_str(key))
 
 
 # --- building records directly ----------------------------------------------

@@ -20,12 +20,15 @@ class Reporter:
     def __init__(self, prefix: str = "", *, every: float = 10.0) -> None:
         self.prefix = prefix
         self.every = every
-        self._last = 0.0
+        #: When the last line was printed; None before the first (not 0.0: the monotonic
+        #: clock counts from boot, so on a machine up for less than *every* seconds a
+        #: first report compared with 0.0 would be swallowed).
+        self._last: float | None = None
 
     def __call__(self, message: str, *, force: bool = False) -> bool:
         """Print *message* unless one was printed less than ``every`` seconds ago; True when printed."""
         now = time.monotonic()
-        if not force and now - self._last < self.every:
+        if not force and self._last is not None and now - self._last < self.every:
             return False
         self._last = now
         try:

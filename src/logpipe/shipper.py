@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from . import config
+from . import config, ingress
 from . import elasticsearch as es
 from .config import at_least, setting
 from .consumer import (
@@ -55,7 +55,6 @@ from .consumer import (
     resolve_client,
 )
 from .exceptions import ConfigError
-from .record import _parse_ts
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
@@ -139,10 +138,15 @@ class ShipOptions:
         check=at_least(0),
     )
     status_interval: float = setting(2.0, "Seconds between progress updates.", check=at_least(0.1))
+    status_file: Path | None = setting(
+        None,
+        "JSON file rewritten every STATUS_INTERVAL with the state and counters, for health checks "
+        "(logpipe health reads it; the container image sets it).",
+    )
     kafka_client: KafkaClient = setting(
         "auto",
         "Kafka client library that consumes: confluent-kafka (librdkafka, about a third of kafka-python's "
-        "CPU per message; pip install 'logpipe[ship]') or kafka-python; auto takes confluent-kafka when "
+        "CPU per message; pip install 'logpipe-kafkalog[ship]') or kafka-python; auto takes confluent-kafka when "
         "it is installed.",
     )
 
@@ -466,19 +470,18 @@ class Shipper:
         prefix = self.es_options.index_prefix
         limit = self.options.max_message_bytes
         for message in messages:
-            found = _document(message.value, limit)
-            if isinstance(found, str):
-                batch.dead.append(DeadLetter(message, found))
+            found = ingress.parse(message.value, max_bytes=limit)
+            if isinstance(found, ingress.Invalid):
+                batch.dead.append(DeadLetter(message, _why(found, limit)))
                 continue
-            doc_id, moment, source = found
             try:
-                index = es.index_name(prefix, _parse_ts(moment))
+                index = es.index_name(prefix, found.ts)
             except (ValueError, OverflowError, OSError):
-                batch.dead.append(DeadLetter(message, f"Time {moment!r} is out of range"))
+                batch.dead.append(DeadLetter(message, f"Time of {found.id!r} is out of range"))
                 continue
             batch.sources.append(message)
             batch.indices.append(index)
-            batch.lines.append(es.create_line(index, doc_id, source))
+            batch.lines.append(es.create_line(index, found.id, found.payload))
 
     def _send(self, batch: Batch, positions: Sequence[int]) -> None:
         """Queue bulk requests for *positions* of *batch*, cut by ``CHUNK_SIZE`` and ``MAX_CHUNK_BYTES``."""
@@ -812,34 +815,11 @@ class Shipper:
         self.stats.last_error = text
 
 
-def _document(value: bytes | None, limit: int) -> tuple[str, str, bytes] | str:
-    """``(Id, Time, source)`` of a message that can be a document, or why it cannot.
-
-    The value is parsed once, to check it; the source sent is the value
-    itself, with any raw newline (JSON whitespace, e.g. pretty-printed by a
-    foreign producer) made a space, since a bulk body is one source per line.
-    """
-    if value is None:
-        return "empty message (no value)"
-    if len(value) > limit:
-        return f"message is {len(value)} bytes, over max_message_bytes={limit} ({ENV_PREFIX}MAX_MESSAGE_BYTES)"
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return f"not JSON: {exc}"
-    if not isinstance(doc, dict):
-        return f"not a JSON object but {_json_type(doc)}"
-    if "Id" not in doc or "Msg" not in doc or "Time" not in doc:
-        return "missing " + ", ".join(key for key in ("Id", "Msg", "Time") if key not in doc)
-    record_id = doc["Id"]
-    if not isinstance(record_id, str) or not record_id or len(record_id.encode()) > es.MAX_ID_BYTES:
-        return f"Id must be a non-empty string of at most {es.MAX_ID_BYTES} bytes"
-    moment = doc["Time"]
-    if not isinstance(moment, str):
-        return f"Time must be a string, not {_json_type(moment)}"
-    if b"\n" in value or b"\r" in value:
-        value = value.replace(b"\n", b" ").replace(b"\r", b" ")
-    return record_id, moment, value
+def _why(invalid: ingress.Invalid, limit: int) -> str:
+    """The reason a message is dead-lettered, naming the setting when it is the size limit."""
+    if invalid.reason.endswith(f"over the limit of {limit}"):
+        return f"message is {invalid.reason}: max_message_bytes ({ENV_PREFIX}MAX_MESSAGE_BYTES)"
+    return invalid.reason
 
 
 def _tp(message: Message) -> TopicPartition:
@@ -848,15 +828,3 @@ def _tp(message: Message) -> TopicPartition:
 
 def _where(message: Message) -> str:
     return f"{message.topic}[{message.partition}]@{message.offset}"
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return "null" if value is None else type(value).__name__

@@ -159,7 +159,7 @@ class Spool:
         self._last_ns = 0
         self._estimate: int | None = None
         self._scanned_at = 0.0
-        self._synced_at = 0.0
+        self._synced_at: float | None = None
         self._dirty = False
         self._written = self._replayed = self._dropped = self._torn = self._rejected = 0
 
@@ -261,7 +261,7 @@ class Spool:
             self._dirty = False
         elif self.fsync == "interval":
             now = time.monotonic()
-            if now - self._synced_at >= self.fsync_interval:
+            if self._synced_at is None or now - self._synced_at >= self.fsync_interval:
                 os.fsync(fd)
                 self._dirty = False
                 self._synced_at = now

@@ -45,11 +45,12 @@ from typing import Any, Literal
 
 import orjson
 
-from . import config, durable
+from . import config, durable, ingress
 from .config import at_least, setting
 from .exceptions import ConfigError
-from .exporters.base import Exporter, ExportResult, PartialFailure, Pending
-from .record import Record, _parse_ts, encode, format_iso, new_id, wire_document
+from .exporters.base import Exporter, ExportResult, Outcome, PartialFailure, Pending
+from .ingress import printable
+from .record import Record, encode, format_iso, new_id, wire_document
 
 __all__ = [
     "ENV_PREFIX",
@@ -144,6 +145,11 @@ class TailOptions:
         30.0, "Seconds a stop waits for batches in flight (e.g. while Kafka is down).", check=at_least(0)
     )
     status_interval: float = setting(2.0, "Seconds between progress updates.", check=at_least(0.1))
+    status_file: Path | None = setting(
+        None,
+        "JSON file rewritten every STATUS_INTERVAL with the state and counters, for health checks "
+        "(logpipe health reads it; the container image sets it).",
+    )
     isolation: Literal["auto", "thread", "process"] = setting(
         "auto",
         "Where the Kafka exporter runs, as LOGPIPE_ISOLATION: process (a child process: reading and "
@@ -167,70 +173,16 @@ def load_options(overrides: Mapping[str, Any] | None = None, environ: Mapping[st
 
 
 def kafkalog_record(line: bytes) -> Record | None:
-    """The record *line* holds when it is a KafkaLog object; None for anything else.
+    """The record *line* holds when it is a KafkaLog object (`logpipe.ingress.parse`); None for anything else.
 
-    A KafkaLog object here is what ``logpipe ship`` indexes: a JSON object
-    with a non-empty string ``Id`` (at most 512 bytes), a string ``Time`` and
-    a ``Msg``. Such a line is sent byte for byte (the payload *is* the line),
-    so its ``Id`` survives and downstream de-duplication works across the
+    Such a line is sent byte for byte (the payload *is* the line), so its
+    ``Id`` survives and downstream de-duplication works across the
     application's direct sends, spool replays and tails of its file.
     """
-    if line[:1] != b"{":
+    if line[:1] != b"{":  # the common plain-text line: no JSON parse attempted
         return None
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if type(doc) is not dict:
-        return None
-    record_id = doc.get("Id")
-    time_text = doc.get("Time")
-    if type(record_id) is not str or type(time_text) is not str or "Msg" not in doc:
-        return None
-    if not record_id or (len(record_id) > _MAX_ID_BYTES // 4 and len(record_id.encode()) > _MAX_ID_BYTES):
-        return None
-    trace_id = doc.get("TraceId")
-    service = doc.get("Service")
-    # tuple.__new__: a Record without the named tuple's Python-level __new__ (this runs once a line)
-    return tuple.__new__(
-        Record,
-        (
-            record_id,
-            _time_of(time_text),
-            trace_id if type(trace_id) is str else "",
-            service if type(service) is str else "",
-            line,
-        ),
-    )
-
-
-def _time_of(text: str) -> float:
-    """Epoch seconds of a record's ``Time``: ISO 8601 with an offset directly, anything else as `Record` does."""
-    try:
-        moment = _fromisoformat(text)
-    except ValueError:
-        return _parse_ts(text)
-    return moment.timestamp() if moment.tzinfo is not None else _parse_ts(text)
-
-
-_fromisoformat = datetime.fromisoformat
-
-
-#: C0 controls (but tab) and DEL, shown as ``\\xNN`` in a wrapped line's ``Msg``.
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F)}
-
-
-def printable(line: bytes) -> str:
-    """*line* as text a terminal and Kibana show as is.
-
-    Invalid UTF-8 becomes ``\\xNN`` escapes (``backslashreplace``), so do
-    control characters other than tab; nothing is dropped, and JSON can hold
-    the result.
-    """
-    text = line.decode("utf-8", "backslashreplace")
-    if text.isprintable():
-        return text
-    return text.translate(_CONTROLS)
+    result = ingress.parse(line)
+    return None if isinstance(result, ingress.Invalid) else result
 
 
 def wrap_line(
@@ -571,7 +523,7 @@ class _Failed:
 
 @dataclass
 class _Flight:
-    pending: Pending
+    pending: Pending[Outcome]
     batch: _Batch
     sent: list[Record]
     started: float = field(default_factory=time.monotonic)
@@ -621,7 +573,7 @@ class Tailer:
         self._retry_at = 0.0
         self._delay = options.backoff
         self._dirty = False
-        self._saved_at = 0.0
+        self._saved_at: float | None = None
         self._next_scan = 0.0
         self._next_tick = 0.0
         self._first_scan = True
@@ -772,7 +724,7 @@ class Tailer:
     def _send(self, batch: _Batch, records: list[Record]) -> None:
         batch.in_flight = True
         try:
-            pending: Pending = self.exporter.begin(records)
+            pending: Pending[Outcome] = self.exporter.begin(records)
         except Exception as exc:  # noqa: BLE001 - the contract: an exception is a FAILURE
             self._error(f"export: {type(exc).__name__}: {exc}")
             pending = _Failed()
@@ -976,7 +928,8 @@ class Tailer:
     def _save(self, force: bool = False) -> None:
         """Write the registry when progress was made, at most every registry_flush seconds (unless *force*)."""
         now = time.monotonic()
-        if not self._dirty or (not force and now - self._saved_at < self.options.registry_flush):
+        recent = self._saved_at is not None and now - self._saved_at < self.options.registry_flush
+        if not self._dirty or (not force and recent):
             return
         for h in self._open.values():
             self._update_entry(h)

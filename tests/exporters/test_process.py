@@ -209,6 +209,9 @@ class TestApplicationLifecycle:
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            # A shell's background jobs start with SIGINT ignored, and Python then installs no
+            # KeyboardInterrupt handler: give the app the default disposition, as in a terminal.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
     def test_ctrl_c_reaches_the_whole_group_but_the_child_outlives_the_final_flush(self, tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import click
 from .. import __version__
 from .demo import demo
 from .exporters import exporters
+from .health import health_command
+from .kibana import kibana
 from .replay import replay
 from .search import search
 from .ship import ship
@@ -28,4 +30,6 @@ main.add_command(ship)
 main.add_command(search)
 main.add_command(replay)
 main.add_command(tail)
+main.add_command(health_command)
+main.add_command(kibana)
 main.add_command(status_command)

@@ -56,13 +56,14 @@ def _sections(names: object) -> list[tuple[str, list[SettingDoc]]]:
 
 def settings_markdown() -> str:
     """The settings reference of logpipe's own exporters and commands (docs/configuration.md's tables)."""
-    own = {n for n, ep in plugins.available().items() if ep.dist is not None and ep.dist.name == "logpipe"}
-    from .. import shipper, tail
+    own = {n for n, ep in plugins.available().items() if ep.dist is not None and plugins.is_own(ep.dist.name)}
+    from .. import kibana, shipper, tail
 
     lines: list[str] = []
     sections = _sections(own) + [
         ("ship settings (logpipe ship)", config.describe(shipper.ShipOptions, shipper.ENV_PREFIX)),
         ("tail settings (logpipe tail)", config.describe(tail.TailOptions, tail.ENV_PREFIX)),
+        ("kibana settings (logpipe kibana import)", config.describe(kibana.KibanaOptions, kibana.ENV_PREFIX)),
     ]
     for title, rows in sections:
         lines += [f"### {title}", "", "| variable | type | default | meaning |", "|---|---|---|---|"]

@@ -15,16 +15,19 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import click
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from ..health import Heartbeat
+
 if TYPE_CHECKING:
     from ..metrics import MetricsServer
 
-__all__ = ["Display", "install_signals", "metrics_option", "serve_metrics", "with_flags"]
+__all__ = ["Display", "install_signals", "metrics_option", "reporter", "serve_metrics", "with_flags"]
 
 
 def with_flags(message: str, flags: Mapping[str, str]) -> str:
@@ -32,6 +35,26 @@ def with_flags(message: str, flags: Mapping[str, str]) -> str:
     for name, flag in flags.items():
         message = message.replace(f"argument {name!r}", flag)
     return message
+
+
+def reporter(
+    display: Display[S], command: str, status_file: Path | None, interval: float, variable: str
+) -> Callable[[S], None]:
+    """The progress callback: the display, then the status file when one is set (`logpipe.health`).
+
+    The display goes first: a status file that cannot be written goes stale,
+    which is what a health check should then see, but the display stays.
+    Raises `ConfigError` naming *variable* when the file cannot be written at start.
+    """
+    if status_file is None:
+        return display.update
+    beat = Heartbeat(command, status_file, interval, variable)
+
+    def update(stats: S) -> None:
+        display.update(stats)
+        beat(stats)
+
+    return update
 
 
 #: Seconds of samples the displayed rate is computed over.
@@ -163,7 +186,7 @@ def serve_metrics(address: str | None, env: str, build: Callable[[], Any]) -> Me
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=flag) from None
     except ImportError:
-        raise click.UsageError(f"{flag} needs prometheus_client: pip install 'logpipe[metrics]'") from None
+        raise click.UsageError(f"{flag} needs prometheus_client: pip install 'logpipe-kafkalog[metrics]'") from None
     try:
         return metrics.serve(address, build())
     except OSError as exc:

@@ -43,6 +43,7 @@ _FLAGS = {
     "dead_letter": "--dead-letter",
     "shutdown_timeout": "--shutdown-timeout",
     "status_interval": "--status-interval",
+    "status_file": "--status-file",
     "kafka_client": "--kafka-client",
 }
 
@@ -95,6 +96,9 @@ _FLAGS = {
 )
 @click.option("--status-interval", type=float, help="Seconds between progress updates [LOGPIPE_SHIP_STATUS_INTERVAL].")
 @click.option(
+    "--status-file", help="JSON status rewritten each interval, for `logpipe health` [LOGPIPE_SHIP_STATUS_FILE]."
+)
+@click.option(
     "--kafka-client",
     type=click.Choice(["auto", *CLIENTS]),
     help="Client library that consumes (default auto: confluent-kafka when installed) [LOGPIPE_SHIP_KAFKA_CLIENT].",
@@ -125,7 +129,13 @@ def ship(quiet: bool, metrics_address: str | None, **flags: Any) -> None:
         line=_line,
         render=functools.partial(_render, options),
     )
-    shipper = Shipper(options, es_options, progress=display.update, track_lag=not quiet or bool(metrics_address))
+    try:
+        report = progress.reporter(
+            display, "ship", options.status_file, options.status_interval, "--status-file / LOGPIPE_SHIP_STATUS_FILE"
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    shipper = Shipper(options, es_options, progress=report, track_lag=not quiet or bool(metrics_address))
     server = progress.serve_metrics(metrics_address, METRICS_ENV, lambda: metrics.ship_registry(shipper, _spool_root()))
     progress.install_signals(shipper, "logpipe ship: second signal, exiting without committing the batch in flight")
     try:

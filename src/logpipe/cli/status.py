@@ -177,7 +177,7 @@ def _lag(console: Console, bootstrap: str, group: str, max_lag: int | None, time
     try:
         lag = status.group_lag(bootstrap, group, timeout)
     except ImportError:
-        console.print("[bold]Shipper lag[/]: needs kafka-python (pip install 'logpipe[kafka]')")
+        console.print("[bold]Shipper lag[/]: needs kafka-python (pip install 'logpipe-kafkalog[kafka]')")
         return []
     except Exception as exc:  # noqa: BLE001 - any client error means "not reachable" here
         console.print(f"[bold]Shipper lag[/]: [yellow]Kafka at {bootstrap} not reachable: {exc}[/]", soft_wrap=True)

@@ -33,6 +33,7 @@ _FLAGS = {
     "dead_letter": "--dead-letter",
     "service": "--service",
     "status_interval": "--status-interval",
+    "status_file": "--status-file",
 }
 
 
@@ -59,6 +60,9 @@ _FLAGS = {
 )
 @click.option("--service", help="Service of wrapped (non-KafkaLog) lines [LOGPIPE_TAIL_SERVICE].")
 @click.option("--status-interval", type=float, help="Seconds between progress updates [LOGPIPE_TAIL_STATUS_INTERVAL].")
+@click.option(
+    "--status-file", help="JSON status rewritten each interval, for `logpipe health` [LOGPIPE_TAIL_STATUS_FILE]."
+)
 @progress.metrics_option(METRICS_ENV)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; errors and the summary still go to stderr.")
 def tail(
@@ -104,7 +108,10 @@ def tail(
         render=functools.partial(_render, options),
     )
     try:
-        tailer = Tailer(options, once=once, exporter_overrides=kafka, progress=display.update)
+        report = progress.reporter(
+            display, "tail", options.status_file, options.status_interval, "--status-file / LOGPIPE_TAIL_STATUS_FILE"
+        )
+        tailer = Tailer(options, once=once, exporter_overrides=kafka, progress=report)
     except ConfigError as exc:
         raise click.UsageError(str(exc).replace("argument 'topic'", "--topic")) from exc
     server = progress.serve_metrics(metrics_address, METRICS_ENV, lambda: metrics.tail_registry(tailer, _spool_root()))

@@ -12,11 +12,12 @@ import enum
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
+from ..inflight import Done, Pending  # the pending/done pair of the engine that drives every exporter
 from ..record import Record
 
-__all__ = ["Done", "ExportResult", "Exporter", "NoOptions", "PartialFailure", "Pending", "Serialized"]
+__all__ = ["Done", "ExportResult", "Exporter", "NoOptions", "Outcome", "PartialFailure", "Pending", "Serialized"]
 
 
 class ExportResult(enum.Enum):
@@ -36,22 +37,8 @@ class PartialFailure:
     failed: Sequence[Record]
 
 
-class Pending(Protocol):
-    """A batch handed to `Exporter.begin` whose outcome is not known yet."""
-
-    def wait(self) -> ExportResult | PartialFailure:
-        """Block until the batch is delivered or given up on; its outcome, as `export` returns it."""
-        ...
-
-
-@dataclass(frozen=True)
-class Done:
-    """A `Pending` whose outcome was known when it was made (the synchronous default)."""
-
-    outcome: ExportResult | PartialFailure
-
-    def wait(self) -> ExportResult | PartialFailure:
-        return self.outcome
+#: What `Exporter.export` returns and a `Pending` of an exporter's gives.
+Outcome = ExportResult | PartialFailure
 
 
 @dataclass(frozen=True)
@@ -101,7 +88,7 @@ class Exporter(abc.ABC):
     def export(self, batch: Sequence[Record]) -> ExportResult | PartialFailure:
         """Deliver *batch*, in order."""
 
-    def begin(self, batch: Sequence[Record]) -> Pending:
+    def begin(self, batch: Sequence[Record]) -> Pending[Outcome]:
         """Start delivering *batch*; ``wait()`` on the result gives its outcome.
 
         The default exports at once. Exceptions from `begin` or ``wait`` count

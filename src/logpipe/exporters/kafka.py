@@ -45,7 +45,7 @@ from ..config import at_least, setting
 from ..exceptions import ConfigError
 from ..record import Record
 from ..report import Reporter
-from .base import Done, Exporter, ExportResult, PartialFailure, Pending
+from .base import Done, Exporter, ExportResult, Outcome, PartialFailure, Pending
 
 __all__ = ["KafkaExporter", "KafkaOptions", "KafkaStats"]
 
@@ -177,7 +177,7 @@ class KafkaExporter(Exporter):
         """
         return self.begin(batch).wait()
 
-    def begin(self, batch: Sequence[Record]) -> Pending:
+    def begin(self, batch: Sequence[Record]) -> Pending[Outcome]:
         """Hand *batch* to the producer and return at once; ``wait()`` collects the acknowledgements.
 
         The producer keeps sending while earlier batches await theirs, which

@@ -55,7 +55,7 @@ from typing import Any
 from ..durable import write_all
 from ..record import Record
 from ..report import Reporter
-from .base import Done, Exporter, ExportResult, PartialFailure, Pending
+from .base import Done, Exporter, ExportResult, Outcome, PartialFailure, Pending
 
 __all__ = ["ProcessExporter", "isolate"]
 
@@ -121,7 +121,7 @@ class ProcessExporter(Exporter):
     def export(self, batch: Sequence[Record]) -> ExportResult | PartialFailure:
         return self.begin(batch).wait()
 
-    def begin(self, batch: Sequence[Record]) -> Pending:
+    def begin(self, batch: Sequence[Record]) -> Pending[Outcome]:
         with self._lock:
             child = self._ready_child()
             if child is None:
@@ -420,7 +420,7 @@ def main() -> None:
         if kind == _BATCH:
             batch = [Record(*fields) for fields in zip(*marshal.loads(body), strict=True)]
             try:
-                pending: Pending | None = exporter.begin(batch)
+                pending: Pending[Outcome] | None = exporter.begin(batch)
             except Exception:
                 pending = None
             work.put((kind, seq, batch, pending))
@@ -452,7 +452,7 @@ def _answer(exporter: Exporter, work: queue.SimpleQueue[tuple[int, int, Any, Any
             return
 
 
-def _encode(batch: list[Record], pending: Pending | None) -> tuple[int, list[int]]:
+def _encode(batch: list[Record], pending: Pending[Outcome] | None) -> tuple[int, list[int]]:
     result: Any = ExportResult.FAILURE
     if pending is not None:
         result = _safely(ExportResult.FAILURE, pending.wait)

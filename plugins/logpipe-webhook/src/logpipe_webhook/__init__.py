@@ -25,7 +25,6 @@ The worst time one batch can take is about
 from __future__ import annotations
 
 import http.client
-import random
 import threading
 import urllib.error
 import urllib.request
@@ -34,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from logpipe import ConfigError, Exporter, ExportResult, Record
-from logpipe.config import at_least, setting
+from logpipe import Record
+from logpipe.exporters import Backoff, ConfigError, Exporter, ExportResult, at_least, setting
 
 __all__ = ["CONTENT_TYPE", "WebhookExporter", "WebhookOptions"]
 
@@ -97,11 +96,10 @@ class WebhookExporter(Exporter):
             return ExportResult.SUCCESS
         body = b"".join([r.payload + b"\n" for r in batch])
         o = self.options
+        backoff = Backoff(o.backoff, max(o.backoff, MAX_BACKOFF), jitter=0.5, stop=self._closing)
         for attempt in range(o.retries + 1):
-            if attempt:
-                delay = min(o.backoff * 2 ** (attempt - 1), MAX_BACKOFF) * random.uniform(0.5, 1.0)
-                if self._closing.wait(delay):
-                    break  # shutting down: let the fallback have the batch now
+            if attempt and not backoff.wait():
+                break  # shutting down: let the fallback have the batch now
             retry = self._post(body)
             if retry is None:
                 self.last_error = None

@@ -12,7 +12,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 import logpipe
-from logpipe.processors import FuncNameAdder, ServiceName, add_trace_context
+from logpipe.chain import FuncNameAdder, ServiceName, add_trace_context
 from logpipe.record import WIRE_KEYS
 from logpipe.testing import InMemoryExporter
 

@@ -1,8 +1,10 @@
-"""structlog processors that turn a log call into a KafkaLog record.
+"""The processor chain: structlog processors that turn a log call into a KafkaLog record.
 
 Each processor is a plain ``(logger, method_name, event_dict) -> event_dict``
-callable and can be used on its own; `logpipe.processors` assembles them in
-the right order together with a `Pipeline`.
+callable and can be used on its own; the function `logpipe.processors()`
+assembles them in the right order together with a `Pipeline`. (This module
+is ``logpipe.chain``, not ``logpipe.processors``: that name is the function
+users call, and a submodule of the same name would be shadowed by it.)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.context import get_current
 from structlog.typing import EventDict, WrappedLogger
 
-from .record import Record, _safe_str, encode, format_iso, format_time, new_id, wire_document
+from .record import Record, _safe_str, decode, encode, format_iso, format_time, new_id, wire_document
 
 __all__ = [
     "FuncNameAdder",
@@ -269,12 +271,15 @@ class KafkaLogRenderer:
         if self._local == "json":
             return payload if isinstance(logger, structlog.BytesLogger) else payload.decode()
         if self._console is not None:
+            # From the encoded payload, not *doc*: its keys are strings and its text valid UTF-8
+            # (what the console can print), whatever the application passed in.
+            shown = decode(payload)
             readable = {
-                "timestamp": doc["Time"],
-                "level": doc["Type"],
-                "event": doc["Msg"],
-                **doc["Field"],
-                "func": doc["FuncName"],
+                "timestamp": shown["Time"],
+                "level": shown["Type"],
+                "event": shown["Msg"],
+                **shown["Field"],
+                "func": shown["FuncName"],
             }
-            return self._console(logger, doc["Type"], readable)
+            return self._console(logger, shown["Type"], readable)
         raise structlog.DropEvent
