@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import multiprocessing.util
 import os
 import signal
 import threading
@@ -280,12 +281,32 @@ def _install_exit_hooks(settings: Settings) -> None:
         return
     _hooks_installed = True
     atexit.register(_shutdown_all)
+    _flush_in_workers()
+    multiprocessing.util.register_after_fork(_AFTER_FORK, lambda _: _flush_in_workers())
     if (
         settings.handle_sigterm
         and threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     ):
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class _Token:
+    """Something `multiprocessing.util.register_after_fork` can hold a weak reference to."""
+
+
+_AFTER_FORK = _Token()
+
+
+def _flush_in_workers() -> None:
+    """Flush in `multiprocessing` workers too, which end with ``os._exit`` and so never run ``atexit``.
+
+    A ``Process`` (and so a ProcessPoolExecutor worker, a Celery prefork
+    child) runs multiprocessing's own finalizers before that ``os._exit``:
+    logpipe registers one there. A forked worker starts with that registry
+    cleared, so the after-fork hook registers it again in each child.
+    """
+    multiprocessing.util.Finalize(None, _shutdown_all, exitpriority=100)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

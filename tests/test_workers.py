@@ -1,0 +1,89 @@
+"""Records logged in worker processes arrive when the worker ends normally.
+
+multiprocessing workers (Process, ProcessPoolExecutor, Celery prefork) end
+with ``os._exit`` after multiprocessing's own finalizers, so ``atexit``
+never runs in them: logpipe flushes from one of those finalizers. Each test
+runs a small application in a subprocess and counts every record.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+
+APP = """
+import multiprocessing as mp, os, sys, structlog, logpipe
+from concurrent.futures import ProcessPoolExecutor
+
+def configure():
+    structlog.configure(processors=logpipe.processors(exporter="file", local_render="none", batch_delay=3600))
+
+def work(n):
+    if mp.get_start_method() != "fork":
+        configure()  # a spawned or forkserver child starts from nothing: it configures itself
+    log = structlog.get_logger()
+    for i in range(1000):
+        log.info("work", n=n, i=i)
+    return n
+
+if __name__ == "__main__":
+    mode, method = sys.argv[1], sys.argv[2]
+    mp.set_start_method(method)
+    configure()
+    if mode == "process":
+        workers = [mp.Process(target=work, args=(k,)) for k in range(3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+            assert w.exitcode == 0, w.exitcode
+    elif mode == "pool":
+        with ProcessPoolExecutor(3) as pool:
+            assert sorted(pool.map(work, range(3))) == [0, 1, 2]
+    elif mode == "prefork":  # a gunicorn-like master: os.fork, the worker exits through sys.exit
+        children = []
+        for k in range(3):
+            pid = os.fork()
+            if pid == 0:
+                work(k)
+                sys.exit(0)
+            children.append(pid)
+        for pid in children:
+            assert os.waitpid(pid, 0)[1] == 0
+    structlog.get_logger().info("master done")
+"""
+
+
+def run_app(tmp_path: Path, mode: str, method: str) -> tuple[list[dict], str]:  # type: ignore[type-arg]
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(APP))
+    done = subprocess.run(
+        [sys.executable, str(script), mode, method], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "logs" / "logpipe.jsonl").read_bytes().splitlines()
+    return [orjson.loads(line) for line in lines], done.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "method"),
+    [
+        ("process", "fork"),
+        ("process", "spawn"),
+        ("process", "forkserver"),
+        ("pool", "fork"),
+        ("pool", "spawn"),
+        ("prefork", "fork"),
+    ],
+)
+def test_every_record_of_every_worker_arrives(tmp_path: Path, mode: str, method: str) -> None:
+    records, stderr = run_app(tmp_path, mode, method)
+    work = {(r["Field"]["n"], r["Field"]["i"]) for r in records if r["Msg"] == "work"}
+    assert len(work) == 3000, f"{3000 - len(work)} of 3,000 records lost"
+    assert [r["Msg"] for r in records].count("master done") == 1
+    assert "Traceback" not in stderr
