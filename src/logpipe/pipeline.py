@@ -8,6 +8,7 @@ address and which is flushed at interpreter exit and on SIGTERM.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import multiprocessing.util
 import os
@@ -238,7 +239,16 @@ def configure(
         from .stdlib import capture_root
 
         capture_root(parsed.capture_stdlib_level)
+    _publish_metrics()
     return pipeline
+
+
+def _publish_metrics() -> None:
+    """Counters as OpenTelemetry metrics when the application has a MeterProvider (see `metrics.publish_stats`)."""
+    from .metrics import publish_stats
+
+    with contextlib.suppress(Exception):  # metrics must never stop an application from logging
+        publish_stats()
 
 
 def processors(**options: Any) -> list[Processor]:

@@ -222,6 +222,8 @@ class ShipStats:
     #: ``topic[partition]`` -> log end offset minus committed offset.
     lag: dict[str, int] = field(default_factory=dict)
     assigned: int = 0
+    #: Called with the seconds of each finished bulk request (`logpipe.metrics`' histogram); None: nobody listens.
+    on_bulk: Callable[[float], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -536,6 +538,8 @@ class Shipper:
                 running.append((future, chunk))
                 continue
             reply = future.result()
+            if self.stats.on_bulk is not None:
+                self.stats.on_bulk(reply.seconds)
             self.stats.indexed += reply.created
             self.stats.duplicates += reply.duplicates
             for item in reply.rejected:

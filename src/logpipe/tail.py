@@ -329,6 +329,8 @@ class TailStats:
     started: float = field(default_factory=time.monotonic)
     first_at: float | None = None
     last_at: float | None = None
+    #: Called with the seconds from handing a batch to Kafka to its answer (`logpipe.metrics`' histogram).
+    on_batch: Callable[[float], None] | None = None
 
     @property
     def rate(self) -> float:
@@ -524,6 +526,7 @@ class _Flight:
     pending: Pending[Outcome]
     batch: _Batch
     sent: list[Record]
+    started: float = field(default_factory=time.monotonic)
 
 
 # -- the tailer -----------------------------------------------------------------------------
@@ -750,6 +753,8 @@ class Tailer:
         except Exception as exc:  # noqa: BLE001
             self._error(f"export: {type(exc).__name__}: {exc}")
             outcome = ExportResult.FAILURE
+        if self.stats.on_batch is not None:
+            self.stats.on_batch(time.monotonic() - flight.started)
         self.stats.in_flight -= len(sent)
         batch.in_flight = False
         if outcome is ExportResult.SUCCESS:

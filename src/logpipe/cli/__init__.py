@@ -12,6 +12,7 @@ from .kibana import kibana
 from .replay import replay
 from .search import search
 from .ship import ship
+from .status import status_command
 from .tail import tail
 
 __all__ = ["main"]
@@ -31,3 +32,4 @@ main.add_command(replay)
 main.add_command(tail)
 main.add_command(health_command)
 main.add_command(kibana)
+main.add_command(status_command)

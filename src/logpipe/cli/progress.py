@@ -16,14 +16,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+import click
 from rich.console import Console, RenderableType
 from rich.live import Live
 
 from ..health import Heartbeat
 
-__all__ = ["Display", "install_signals", "reporter", "with_flags"]
+if TYPE_CHECKING:
+    from ..metrics import MetricsServer
+
+__all__ = ["Display", "install_signals", "metrics_option", "reporter", "serve_metrics", "with_flags"]
 
 
 def with_flags(message: str, flags: Mapping[str, str]) -> str:
@@ -153,3 +157,37 @@ class Display(Generic[S]):
             self.console.print(f"{self.name}: {self._line(stats, rate)}", highlight=False, soft_wrap=True)
         if new_error and self.live is None:
             self.console.print(f"{self.name}: {stats.last_error}", highlight=False, soft_wrap=True)
+
+
+def metrics_option(env: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--metrics-address HOST:PORT`` option of a long-running command, also read from *env*."""
+    return click.option(
+        "--metrics-address",
+        envvar=env,
+        metavar="HOST:PORT",
+        help=f"Serve Prometheus metrics on http://HOST:PORT/metrics (:PORT for every interface) [{env}].",
+    )
+
+
+def serve_metrics(address: str | None, env: str, build: Callable[[], Any]) -> MetricsServer | None:
+    """Start the ``/metrics`` server for the registry *build* makes; None without *address*.
+
+    Fails before any work starts, naming the flag and variable, when the
+    address is malformed or taken, or when prometheus_client is missing.
+    """
+    if not address:
+        return None
+    from .. import metrics
+
+    flag = f"--metrics-address ({env})"
+    try:
+        metrics.parse_address(address)
+        import prometheus_client  # noqa: F401
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+    except ImportError:
+        raise click.UsageError(f"{flag} needs prometheus_client: pip install 'logpipe-kafkalog[metrics]'") from None
+    try:
+        return metrics.serve(address, build())
+    except OSError as exc:
+        raise click.ClickException(f"{flag}={address}: cannot listen: {exc}") from exc

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -13,10 +14,15 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from .. import config, metrics
 from ..consumer import CLIENTS
 from ..exceptions import ConfigError
+from ..exporters.spool import SpoolOptions
 from ..shipper import ShipOptions, Shipper, ShipStats, load_options
 from . import progress
+
+#: Where --metrics-address is also read from.
+METRICS_ENV = "LOGPIPE_SHIP_METRICS_ADDRESS"
 
 #: Setting -> the flag that sets it, so errors name what the user typed.
 _FLAGS = {
@@ -97,8 +103,9 @@ _FLAGS = {
     type=click.Choice(["auto", *CLIENTS]),
     help="Client library that consumes (default auto: confluent-kafka when installed) [LOGPIPE_SHIP_KAFKA_CLIENT].",
 )
+@progress.metrics_option(METRICS_ENV)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; errors and the summary still go to stderr.")
-def ship(quiet: bool, **flags: Any) -> None:
+def ship(quiet: bool, metrics_address: str | None, **flags: Any) -> None:
     """Ship KafkaLog records from Kafka topics into Elasticsearch, at least once and without duplicates.
 
     Offsets are committed only after Elasticsearch (or the dead-letter
@@ -128,7 +135,8 @@ def ship(quiet: bool, **flags: Any) -> None:
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    shipper = Shipper(options, es_options, progress=report, track_lag=not quiet)
+    shipper = Shipper(options, es_options, progress=report, track_lag=not quiet or bool(metrics_address))
+    server = progress.serve_metrics(metrics_address, METRICS_ENV, lambda: metrics.ship_registry(shipper, _spool_root()))
     progress.install_signals(shipper, "logpipe ship: second signal, exiting without committing the batch in flight")
     try:
         with display:
@@ -140,9 +148,20 @@ def ship(quiet: bool, **flags: Any) -> None:
         raise click.ClickException(
             f"Kafka at {servers} (--bootstrap-servers / LOGPIPE_SHIP_BOOTSTRAP_SERVERS): {exc}"
         ) from exc
+    finally:
+        if server is not None:
+            server.close()
     err.print(_summary(stats, shipper.rate, shipper.kafka_client), highlight=False, soft_wrap=True)
     if stats.in_flight:
         sys.exit(3)
+
+
+def _spool_root() -> Path | None:
+    """This machine's spool root (LOGPIPE_SPOOL_DIR), for the spool gauges; None when the setting is bad."""
+    try:
+        return Path(config.load(SpoolOptions, "LOGPIPE_SPOOL_").dir)
+    except ConfigError:
+        return None
 
 
 def _kafka_errors() -> tuple[type[BaseException], ...]:

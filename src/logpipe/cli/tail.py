@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,11 +13,15 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from .. import metrics
 from ..exceptions import ConfigError
 from ..tail import Tailer, TailOptions, TailStats, load_options
 from . import progress
 
 __all__ = ["tail"]
+
+#: Where --metrics-address is also read from.
+METRICS_ENV = "LOGPIPE_TAIL_METRICS_ADDRESS"
 
 #: Setting -> the flag that sets it, so errors name what the user typed.
 _FLAGS = {
@@ -58,9 +63,16 @@ _FLAGS = {
 @click.option(
     "--status-file", help="JSON status rewritten each interval, for `logpipe health` [LOGPIPE_TAIL_STATUS_FILE]."
 )
+@progress.metrics_option(METRICS_ENV)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; errors and the summary still go to stderr.")
 def tail(
-    paths: tuple[str, ...], once: bool, topic: str | None, bootstrap_servers: str | None, quiet: bool, **flags: Any
+    paths: tuple[str, ...],
+    once: bool,
+    topic: str | None,
+    bootstrap_servers: str | None,
+    quiet: bool,
+    metrics_address: str | None,
+    **flags: Any,
 ) -> None:
     """Send every line of the files matching PATH_OR_GLOB to Kafka, one message per line (Filebeat's role).
 
@@ -102,6 +114,7 @@ def tail(
         tailer = Tailer(options, once=once, exporter_overrides=kafka, progress=report)
     except ConfigError as exc:
         raise click.UsageError(str(exc).replace("argument 'topic'", "--topic")) from exc
+    server = progress.serve_metrics(metrics_address, METRICS_ENV, lambda: metrics.tail_registry(tailer, _spool_root()))
     progress.install_signals(
         tailer, "logpipe tail: second signal, exiting; unacknowledged lines are read again next time"
     )
@@ -110,9 +123,23 @@ def tail(
             stats = tailer.run()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        if server is not None:
+            server.close()
     err.print(_summary(stats, tailer.unacknowledged), highlight=False, soft_wrap=True)
     if tailer.unacknowledged:
         sys.exit(3)
+
+
+def _spool_root() -> Path | None:
+    """This machine's spool root (LOGPIPE_SPOOL_DIR), for the spool gauges; None when the setting is bad."""
+    from .. import config
+    from ..exporters.spool import SpoolOptions
+
+    try:
+        return Path(config.load(SpoolOptions, "LOGPIPE_SPOOL_").dir)
+    except ConfigError:
+        return None
 
 
 def _summary(stats: TailStats, unacknowledged: int) -> str:
