@@ -30,6 +30,9 @@ _FLAGS = {
     "status_interval": "--status-interval",
 }
 
+#: Kafka exporter setting -> the flag of this command that sets it.
+_KAFKA_FLAGS = {"topic": "--topic", "bootstrap_servers": "--bootstrap-servers"}
+
 
 @click.command()
 @click.argument("paths", nargs=-1, metavar="PATH_OR_GLOB...")
@@ -50,7 +53,7 @@ _FLAGS = {
 )
 @click.option(
     "--dead-letter",
-    help="File for records Kafka refuses (default logs/tail-dead-letter.jsonl) [LOGPIPE_TAIL_DEAD_LETTER].",
+    help="Dead-letter file for records Kafka refuses (default logs/tail-dead-letter.jsonl) [LOGPIPE_TAIL_DEAD_LETTER].",
 )
 @click.option("--service", help="Service of wrapped (non-KafkaLog) lines [LOGPIPE_TAIL_SERVICE].")
 @click.option("--status-interval", type=float, help="Seconds between progress updates [LOGPIPE_TAIL_STATUS_INTERVAL].")
@@ -94,7 +97,7 @@ def tail(
     try:
         tailer = Tailer(options, once=once, exporter_overrides=kafka, progress=display.update)
     except ConfigError as exc:
-        raise click.UsageError(str(exc).replace("argument 'topic'", "--topic")) from exc
+        raise click.UsageError(progress.with_flags(str(exc), _KAFKA_FLAGS)) from exc
     progress.install_signals(
         tailer, "logpipe tail: second signal, exiting; unacknowledged lines are read again next time"
     )

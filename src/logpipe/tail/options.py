@@ -69,7 +69,8 @@ class TailOptions:
     )
     dead_letter: Path = setting(
         Path("logs") / "tail-dead-letter.jsonl",
-        "JSON Lines file of records Kafka refused (the payloads as they would have been sent).",
+        "JSON Lines file of records Kafka refused, in logpipe's dead-letter format (the payload, the reason, "
+        "the file path and line offset it came from).",
     )
     service: str = setting("", "Service of wrapped lines (lines that are not KafkaLog records).")
     shutdown_timeout: float = setting(
