@@ -116,7 +116,8 @@ class Tailer(Runner[TailStats]):
         )
         self._backoff = self.backoff(options.backoff, options.max_backoff)
         self._failing = False
-        self._retry_at = 0.0
+        #: When failed records may be sent again (monotonic; set by `_fail` before it is ever read).
+        self._retry_at = time.monotonic()
         self._next_scan: float | None = None
 
     @property
