@@ -36,6 +36,9 @@ _FLAGS = {
     "status_file": "--status-file",
 }
 
+#: Kafka exporter setting -> the flag of this command that sets it.
+_KAFKA_FLAGS = {"topic": "--topic", "bootstrap_servers": "--bootstrap-servers"}
+
 
 @click.command()
 @click.argument("paths", nargs=-1, metavar="PATH_OR_GLOB...")
@@ -56,7 +59,7 @@ _FLAGS = {
 )
 @click.option(
     "--dead-letter",
-    help="File for records Kafka refuses (default logs/tail-dead-letter.jsonl) [LOGPIPE_TAIL_DEAD_LETTER].",
+    help="Dead-letter file for records Kafka refuses (default logs/tail-dead-letter.jsonl) [LOGPIPE_TAIL_DEAD_LETTER].",
 )
 @click.option("--service", help="Service of wrapped (non-KafkaLog) lines [LOGPIPE_TAIL_SERVICE].")
 @click.option("--status-interval", type=float, help="Seconds between progress updates [LOGPIPE_TAIL_STATUS_INTERVAL].")
@@ -113,7 +116,7 @@ def tail(
         )
         tailer = Tailer(options, once=once, exporter_overrides=kafka, progress=report)
     except ConfigError as exc:
-        raise click.UsageError(str(exc).replace("argument 'topic'", "--topic")) from exc
+        raise click.UsageError(progress.with_flags(str(exc), _KAFKA_FLAGS)) from exc
     server = progress.serve_metrics(metrics_address, METRICS_ENV, lambda: metrics.tail_registry(tailer, _spool_root()))
     progress.install_signals(
         tailer, "logpipe tail: second signal, exiting; unacknowledged lines are read again next time"
