@@ -23,6 +23,7 @@ from logpipe import elasticsearch as es
 from logpipe.metrics import parse_address, publish_stats
 from logpipe.record import make_record
 from logpipe.spool import Spool
+from logpipe.testing import InMemoryExporter
 
 
 def free_port() -> int:
@@ -194,7 +195,7 @@ class TestOpenTelemetry:
 
         reader = InMemoryMetricReader()
         provider = MeterProvider(metric_readers=[reader])
-        pipeline = logpipe.configure(exporter="memory")
+        pipeline = logpipe.configure(exporter=[InMemoryExporter()])
         assert publish_stats(provider) is True
         structlog.configure(processors=pipeline.processors())
         log = structlog.get_logger()
@@ -207,9 +208,9 @@ class TestOpenTelemetry:
                 for metric in sm.metrics:
                     for point in metric.data.data_points:
                         points[(metric.name, point.attributes.get("exporter"))] = point.value
-        assert points[("logpipe.records.sent", "memory")] == 3
-        assert points[("logpipe.records.dropped", "memory")] == 0
-        assert ("logpipe.queue.records", "memory") in points
+        assert points[("logpipe.records.sent", "InMemoryExporter")] == 3
+        assert points[("logpipe.records.dropped", "InMemoryExporter")] == 0
+        assert ("logpipe.queue.records", "InMemoryExporter") in points
         provider.shutdown()
 
     def test_nothing_without_a_configured_provider(self) -> None:
