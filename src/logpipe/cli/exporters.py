@@ -57,7 +57,8 @@ def _sections(names: object) -> list[tuple[str, list[SettingDoc]]]:
 def settings_markdown() -> str:
     """The settings reference of logpipe's own exporters and commands (docs/configuration.md's tables)."""
     own = {n for n, ep in plugins.available().items() if ep.dist is not None and ep.dist.name == "logpipe"}
-    from .. import shipper, tail
+    from .. import ship as shipper
+    from .. import tail
 
     lines: list[str] = []
     sections = _sections(own) + [

@@ -1,4 +1,4 @@
-"""``logpipe ship``: the long-running Kafka -> Elasticsearch shipper (see `logpipe.shipper`)."""
+"""``logpipe ship``: the long-running Kafka -> Elasticsearch shipper (see `logpipe.ship`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ..consumer import CLIENTS
 from ..exceptions import ConfigError
-from ..shipper import ShipOptions, Shipper, ShipStats, load_options
+from ..ship import CLIENTS, ShipOptions, Shipper, ShipStats, load_options
 from . import progress
 
 #: Setting -> the flag that sets it, so errors name what the user typed.
