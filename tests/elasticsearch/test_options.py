@@ -62,5 +62,3 @@ class TestOptions:
         assert client._headers["authorization"].startswith("Basic ")
         keyed = es.make_client(es.ElasticsearchOptions(api_key="aWQ6a2V5"))
         assert keyed._headers["authorization"] == "ApiKey aWQ6a2V5"
-
-

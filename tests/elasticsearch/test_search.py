@@ -36,7 +36,6 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-
 class TestSearchQuery:
     def test_durations_become_date_math(self) -> None:
         """--since 15m means the last fifteen minutes; ISO times pass through."""
@@ -81,8 +80,6 @@ def _docs(client: Any, prefix: str) -> list[dict[str, Any]]:
 
     client.indices.refresh(index=f"{prefix}-*")
     return list(scan(client, index=f"{prefix}-*", query={"query": {"match_all": {}}}))
-
-
 
 
 @pytest.mark.elasticsearch

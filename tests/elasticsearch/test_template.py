@@ -21,7 +21,6 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-
 class TestIndexName:
     def test_daily_index_by_utc_event_day(self) -> None:
         """The index is the event's UTC day, whatever offset the event was written in."""
@@ -80,5 +79,3 @@ class TestTemplate:
         short = es.index_template(es.ElasticsearchOptions(index_prefix="app"))["priority"]
         long = es.index_template(es.ElasticsearchOptions(index_prefix="app-eu"))["priority"]
         assert long > short
-
-
