@@ -36,7 +36,6 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-
 @pytest.fixture
 def client(es_service: Service) -> Iterator[Any]:
     from elasticsearch import Elasticsearch
@@ -221,5 +220,3 @@ class TestExporter:
         with pytest.raises(ConfigError, match="LOGPIPE_ELASTICSEARCH_ANALYZER") as info:
             exporter.export([make_record(type="info", msg="x")])
         assert "ik_smart" in str(info.value)
-
-

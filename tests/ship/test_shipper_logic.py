@@ -62,7 +62,7 @@ class Harness:
     def loops(self, rounds: int = 2) -> bool:
         """Wait until the shipper has gone round its loop *rounds* more times (progress ticks)."""
         seen = len(self.ticks)
-        return wait_until(lambda: len(self.ticks) >= seen + rounds, 10)
+        return bool(wait_until(lambda: len(self.ticks) >= seen + rounds, 10))
 
     def stop(self) -> ShipStats:
         self.shipper.stop()

@@ -18,10 +18,20 @@ The parts, each small enough to test alone:
 from __future__ import annotations
 
 from .batches import Batch, prepare
-from .consumer import CLIENTS, CommitFailed, CommitRefused, Consumer, ConsumerSettings, Message, TopicPartition
+from .consumer import (
+    CLIENTS,
+    CommitFailed,
+    CommitRefused,
+    Consumer,
+    ConsumerFactory,
+    ConsumerSettings,
+    Message,
+    TopicPartition,
+)
 from .deadletters import DeadLetterSink, FileSink, KafkaTopicSink, letter, open_sink
 from .options import ENV_PREFIX, ShipOptions, load_options
-from .shipper import ConsumerFactory, Shipper, ShipStats
+from .shipper import Shipper
+from .stats import ShipStats
 
 __all__ = [
     "CLIENTS",

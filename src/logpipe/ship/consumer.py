@@ -7,7 +7,8 @@ inside the client: kafka-python decodes every record in Python (about
 confluent-kafka, in C (about 3 us, its threads included). On a machine the
 shipper shares with Elasticsearch that CPU is taken from the indexing.
 
-So the shipper talks to `Consumer`, and `open_consumer` picks the library:
+So the shipper talks to `Consumer`, and `open_consumer` picks the library (the confluent-kafka
+one lives in `logpipe.ship.confluent`):
 confluent-kafka when it is installed (``pip install 'logpipe[ship]'``) and
 kafka-python otherwise, or the one ``LOGPIPE_SHIP_KAFKA_CLIENT`` names. The
 two behave the same for the shipper: eager rebalances with a callback when
@@ -17,23 +18,31 @@ when the group moved on, messages with the same attributes.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from ..exceptions import ConfigError
 from ..kafkaclient import Connection, kafka_python
+
+if TYPE_CHECKING:
+    from .options import ShipOptions
 
 __all__ = [
     "CLIENTS",
     "CommitFailed",
     "CommitRefused",
     "Consumer",
+    "ConsumerFactory",
     "ConsumerSettings",
     "KafkaClient",
     "Message",
     "TopicPartition",
+    "kafka_consumer",
+    "keep_alive",
     "open_consumer",
     "resolve_client",
 ]
@@ -185,6 +194,50 @@ def _anchored(pattern: str) -> str:
 
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+#: Opens the consumer, given the shipper's rebalance callbacks (revoked, assigned) and error callback.
+ConsumerFactory = Callable[[Rebalance, Rebalance, Callable[[str], None]], Consumer]
+
+
+def kafka_consumer(options: ShipOptions, client: str) -> ConsumerFactory:
+    """The shipper's default `ConsumerFactory`: *client* (a `resolve_client` answer) configured from *options*."""
+    variable = "LOGPIPE_SHIP_BOOTSTRAP_SERVERS"
+    settings = ConsumerSettings(
+        connection=Connection.of(options.bootstrap_servers, f"logpipe-shipper-{options.group_id}", variable=variable),
+        group_id=options.group_id,
+        topics=options.topics,
+        pattern=options.pattern,
+        instance_id=options.instance_id,
+        session_timeout=options.session_timeout,
+        auto_offset_reset=options.auto_offset_reset,
+        max_records=options.batch_size,
+        fetch_bytes=max(options.fetch_max_bytes, options.max_message_bytes + 64 * 1024),
+    )
+    return functools.partial(open_consumer, client, settings)
+
+
+def keep_alive(
+    consumer: Consumer, seconds: float, max_records: int, out_of_time: Callable[[], bool], tick: Callable[[], object]
+) -> bool:
+    """Keep the group membership alive for *seconds* without reading more messages.
+
+    Partitions are paused and ``poll`` is called in short slices (kafka-python's
+    heartbeat thread alone does not satisfy ``max.poll.interval.ms``). Returns
+    False as soon as *out_of_time* says so (a stop's grace time is over).
+    """
+    end = time.monotonic() + seconds
+    while not out_of_time():
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        consumer.pause(consumer.assignment())
+        polled = consumer.poll(min(left, 0.25), max_records)
+        for records in polled.values():  # should not happen while paused: put them back
+            first = min(records, key=lambda m: m.offset)
+            consumer.seek(TopicPartition(first.topic, first.partition), first.offset)
+        tick()
+    return False
 
 
 def open_consumer(

@@ -28,59 +28,34 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import elasticsearch as es
 from ..backoff import Backoff
 from ..deadletter import DeadLetter
 from ..inflight import Deferred, Done, InFlight, Pending
-from ..runner import Runner, RunStats
+from ..runner import Runner
 from .batches import Batch, prepare
 from .consumer import (
     CommitFailed,
     CommitRefused,
     Consumer,
-    ConsumerSettings,
+    ConsumerFactory,
     Message,
-    Rebalance,
     TopicPartition,
-    open_consumer,
+    kafka_consumer,
+    keep_alive,
     resolve_client,
 )
 from .deadletters import DeadLetterSink, letter, open_sink
 from .options import ENV_PREFIX, ShipOptions
+from .stats import ShipStats, consumer_lag
 
 __all__ = ["BATCHES_IN_FLIGHT", "ConsumerFactory", "Flight", "ShipStats", "Shipper"]
 
 #: Batches open at once: the one whose bulk requests run, and the next one,
 #: polled and checked meanwhile so that Elasticsearch never waits for Kafka.
 BATCHES_IN_FLIGHT = 2
-
-#: Opens the consumer, given the shipper's rebalance callbacks (revoked, assigned) and error callback.
-ConsumerFactory = Callable[[Rebalance, Rebalance, Callable[[str], None]], Consumer]
-
-
-@dataclass
-class ShipStats(RunStats):
-    """Counters of one `Shipper`, updated by its thread; read them from its progress callback."""
-
-    consumed: int = 0
-    #: Documents Elasticsearch created.
-    indexed: int = 0
-    #: Messages that were already indexed (redelivered after a crash or rebalance).
-    duplicates: int = 0
-    dead_lettered: int = 0
-    #: Of the dead letters, those Elasticsearch refused (4xx) rather than malformed ones.
-    rejected: int = 0
-    #: Bulk rounds that had to be repeated (Elasticsearch down, 429, 5xx).
-    retries: int = 0
-    commits: int = 0
-    commit_errors: int = 0
-    #: Messages consumed but not yet accounted for (left uncommitted by a stop).
-    in_flight: int = 0
-    #: ``topic[partition]`` -> log end offset minus committed offset.
-    lag: dict[str, int] = field(default_factory=dict)
-    assigned: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,7 +106,7 @@ class Shipper(Runner[ShipStats]):
             if consumer is not None
             else resolve_client(options.kafka_client, f"{ENV_PREFIX}KAFKA_CLIENT", pattern=options.pattern)
         )
-        self._open_consumer: ConsumerFactory = consumer or self._kafka_consumer
+        self._open_consumer: ConsumerFactory = consumer or kafka_consumer(options, self.kafka_client)
         self._indexer = indexer
         self._sink = dead_letters
         self._consumer: Consumer | None = None
@@ -400,26 +375,6 @@ class Shipper(Runner[ShipStats]):
 
     # -- Kafka plumbing -----------------------------------------------------------------------
 
-    def _kafka_consumer(self, revoked: Rebalance, assigned: Rebalance, on_error: Callable[[str], None]) -> Consumer:
-        """The default `ConsumerFactory`: the client library `kafka_client` names, configured from the options."""
-        from ..kafkaclient import Connection
-
-        o = self.options
-        settings = ConsumerSettings(
-            connection=Connection.of(
-                o.bootstrap_servers, f"logpipe-shipper-{o.group_id}", variable=f"{ENV_PREFIX}BOOTSTRAP_SERVERS"
-            ),
-            group_id=o.group_id,
-            topics=o.topics,
-            pattern=o.pattern,
-            instance_id=o.instance_id,
-            session_timeout=o.session_timeout,
-            auto_offset_reset=o.auto_offset_reset,
-            max_records=o.batch_size,
-            fetch_bytes=max(o.fetch_max_bytes, o.max_message_bytes + 64 * 1024),
-        )
-        return open_consumer(self.kafka_client, settings, revoked, assigned, on_error)
-
     def _revoked(self, partitions: set[TopicPartition]) -> None:
         self.stats.lag = {}
 
@@ -430,27 +385,10 @@ class Shipper(Runner[ShipStats]):
             self._consumer.pause(partitions)
 
     def _hold(self, seconds: float) -> bool:
-        """Keep the group membership alive for *seconds* without reading more messages.
-
-        Partitions are paused and ``poll`` is called in short slices (the
-        heartbeat thread alone does not satisfy ``max.poll.interval.ms``).
-        Returns False when a stop was asked for and its grace time is over.
-        """
+        """Wait *seconds* with the partitions paused (see `keep_alive`); False when a stop's grace time is over."""
         assert self._consumer is not None
-        consumer = self._consumer
-        end = time.monotonic() + seconds
         self._paused = True
-        while not self.out_of_time():
-            left = end - time.monotonic()
-            if left <= 0:
-                return True
-            consumer.pause(consumer.assignment())
-            polled = consumer.poll(min(left, 0.25), self.options.batch_size)
-            for records in polled.values():  # should not happen while paused: put them back
-                first = min(records, key=lambda m: m.offset)
-                consumer.seek(TopicPartition(first.topic, first.partition), first.offset)
-            self.tick()
-        return False
+        return keep_alive(self._consumer, seconds, self.options.batch_size, self.out_of_time, self.tick)
 
     def _resume(self) -> None:
         if self._paused and self._consumer is not None:
@@ -497,17 +435,6 @@ class Shipper(Runner[ShipStats]):
     def _update_lag(self) -> None:
         assert self._consumer is not None
         try:
-            owned = list(self._consumer.assignment())
-            if not owned:
-                self.stats.lag = {}
-                return
-            ends = self._consumer.end_offsets(owned, 2.0)
-            lag = {}
-            for tp in sorted(owned):
-                if tp not in self._committed:
-                    committed = self._consumer.committed(tp, 2.0)
-                    self._committed[tp] = committed if committed is not None else 0
-                lag[f"{tp.topic}[{tp.partition}]"] = max(0, ends.get(tp, 0) - self._committed[tp])
-            self.stats.lag = lag
+            self.stats.lag = consumer_lag(self._consumer, self._committed)
         except Exception as exc:  # noqa: BLE001
             self.error(f"consumer lag: {exc}")
