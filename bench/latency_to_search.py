@@ -262,7 +262,7 @@ def run(ctx: Context) -> Section:
     notes = []
     try:
         require_kafka()
-        import logpipe.shipper  # noqa: F401
+        import logpipe.ship  # noqa: F401
 
         if exporter_available("kafka"):
             paths = {"kafka": "logpipe -> Kafka -> logpipe ship -> Elasticsearch", **paths}

@@ -234,7 +234,7 @@ def run(ctx: Context) -> Section:
     require_es()
     require_module("elasticsearch", "elasticsearch")
     try:
-        import logpipe.shipper  # noqa: F401
+        import logpipe.ship  # noqa: F401
     except ImportError as exc:
         raise Skip(f"logpipe ship is not available yet ({exc})") from None
     started = time.perf_counter()

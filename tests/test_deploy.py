@@ -25,8 +25,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from logpipe import config, kibana, plugins, shipper, tail
+from logpipe import config, kibana, plugins, tail
 from logpipe import elasticsearch as es
+from logpipe import ship as shipper
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"

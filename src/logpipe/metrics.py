@@ -33,7 +33,7 @@ from . import status
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from .shipper import Shipper
+    from .ship import Shipper
     from .tail import Tailer
 
 __all__ = [

@@ -57,7 +57,8 @@ def _sections(names: object) -> list[tuple[str, list[SettingDoc]]]:
 def settings_markdown() -> str:
     """The settings reference of logpipe's own exporters and commands (docs/configuration.md's tables)."""
     own = {n for n, ep in plugins.available().items() if ep.dist is not None and plugins.is_own(ep.dist.name)}
-    from .. import kibana, shipper, tail
+    from .. import kibana, tail
+    from .. import ship as shipper
 
     lines: list[str] = []
     sections = _sections(own) + [

@@ -20,7 +20,8 @@ __all__ = ["health_command"]
 
 def _configured() -> list[tuple[str, Path]]:
     """(variable, path) of every status file the environment names; a malformed variable is a usage error."""
-    from .. import shipper, tail
+    from .. import ship as shipper
+    from .. import tail
 
     try:
         files = [

@@ -1,4 +1,4 @@
-"""``logpipe ship``: the long-running Kafka -> Elasticsearch shipper (see `logpipe.shipper`)."""
+"""``logpipe ship``: the long-running Kafka -> Elasticsearch shipper (see `logpipe.ship`)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import config, metrics
-from ..consumer import CLIENTS
 from ..exceptions import ConfigError
 from ..exporters.spool import SpoolOptions
-from ..shipper import ShipOptions, Shipper, ShipStats, load_options
+from ..ship import CLIENTS, ShipOptions, Shipper, ShipStats, load_options
 from . import progress
 
 #: Where --metrics-address is also read from.

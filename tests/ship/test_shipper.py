@@ -1,4 +1,4 @@
-"""Tests for ``logpipe ship`` (logpipe.shipper): Kafka -> Elasticsearch, at least once, no duplicates.
+"""Tests for ``logpipe ship`` (logpipe.ship): Kafka -> Elasticsearch, at least once, no duplicates.
 
 Everything runs against the real broker and node. Records are produced
 through the structlog chain; where the shipper must die or be signalled it
@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,13 +30,13 @@ from click.testing import CliRunner
 
 import logpipe
 from conftest import Service, wait_until
+from logpipe import deadletter, plugins
 from logpipe import elasticsearch as es
-from logpipe import plugins
 from logpipe.cli import main
 from logpipe.exceptions import ConfigError
 from logpipe.exporters.base import Exporter, ExportResult
 from logpipe.record import Record, make_record
-from logpipe.shipper import Batch, CommitOrder, ShipOptions, Shipper, load_options
+from logpipe.ship import ShipOptions, Shipper, load_options
 from logpipe.testing import InMemoryExporter
 
 servers = [pytest.mark.kafka, pytest.mark.elasticsearch]
@@ -89,7 +88,7 @@ class TestOptions:
 
     def test_kafka_client_auto_prefers_confluent_kafka(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """auto takes confluent-kafka when it can be imported, kafka-python otherwise; a missing one is named."""
-        from logpipe import consumer
+        from logpipe.ship import consumer
 
         assert consumer.resolve_client("auto") == "confluent-kafka"  # the test extra installs both
         monkeypatch.setattr(consumer, "_installed", lambda module: module != "confluent_kafka")
@@ -99,7 +98,7 @@ class TestOptions:
 
     def test_pattern_librdkafka_cannot_compile(self) -> None:
         """Lookahead: auto falls back to kafka-python; confluent-kafka asked for by name is refused, naming both."""
-        from logpipe import consumer
+        from logpipe.ship import consumer
 
         lookahead = r"^logs\.(?!.*\.dlq$)"
         assert consumer.resolve_client("auto", pattern=lookahead) == "kafka-python"
@@ -111,64 +110,6 @@ class TestOptions:
         """On the command line the error names the flag."""
         result = CliRunner().invoke(main, ["ship", "-t", "x", "--batch-size", "0"])
         assert result.exit_code == 2 and "--batch-size" in result.output
-
-
-Message = namedtuple("Message", "topic partition offset")
-
-
-def _batch(*ends: tuple[str, int]) -> Batch:
-    """A batch whose last message per partition (topic "t") is at the given offsets."""
-    return Batch(size=len(ends), ends={tp: Message("t", tp, offset) for tp, offset in ends})
-
-
-class TestCommitOrder:
-    def test_never_past_a_batch_not_accounted_for(self) -> None:
-        """Later batches finishing first are held back until every earlier batch is accounted for."""
-        order = CommitOrder()
-        first, second, third = _batch(("p0", 9), ("p1", 4)), _batch(("p0", 19)), _batch(("p1", 14))
-        for batch in (first, second, third):
-            order.add(batch)
-        second.accounted = third.accounted = True
-        assert order.release() == ([], {})
-        assert len(order) == 3
-        first.accounted = True
-        done, ends = order.release()
-        assert done == [first, second, third] and len(order) == 0
-        assert {tp: m.offset for tp, m in ends.items()} == {"p0": 19, "p1": 14}
-
-    def test_releases_only_the_front(self) -> None:
-        """An accounted-for front is released; the rest waits, in poll order."""
-        order = CommitOrder()
-        first, second, third = _batch(("p0", 9)), _batch(("p0", 19)), _batch(("p0", 29))
-        for batch in (first, second, third):
-            order.add(batch)
-        first.accounted = third.accounted = True
-        done, ends = order.release()
-        assert done == [first] and ends["p0"].offset == 9
-        assert list(order) == [second, third]
-
-
-class TestBulkLines:
-    def test_split_by_count_and_bytes(self) -> None:
-        """Requests hold at most chunk_size documents and max_bytes bytes; an oversized line goes alone."""
-        lines = [b"x" * 10] * 5 + [b"y" * 100] + [b"z" * 10] * 2
-        assert es.split(range(8), lines, 3, 1000) == [[0, 1, 2], [3, 4, 5], [6, 7]]
-        assert es.split(range(8), lines, 10, 45) == [[0, 1, 2, 3], [4], [5], [6, 7]]
-        assert es.split([7, 2, 5], lines, 10, 1000) == [[7, 2, 5]]
-
-    def test_create_line(self) -> None:
-        """One create action with the Id JSON-escaped, then the source as it came."""
-        line = es.create_line("logs-2026.11.25", 'a"b', b'{"Id":"a\\"b"}')
-        action, source, end = line.split(b"\n")
-        assert orjson.loads(action) == {"create": {"_index": "logs-2026.11.25", "_id": 'a"b'}}
-        assert source == b'{"Id":"a\\"b"}' and end == b""
-
-    def test_daily_index_is_the_utc_day(self) -> None:
-        """The cached index name is the event's UTC day, also right before and after midnight."""
-        midnight = 1764028800  # 2025-11-25T00:00:00Z
-        assert es.index_name("logs", midnight - 0.001) == "logs-2025.11.24"
-        assert es.index_name("logs", midnight) == "logs-2025.11.25"
-        assert es.index_name("other", midnight + 86399.9) == "other-2025.11.25"
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------------
@@ -631,7 +572,6 @@ class TestEndToEnd:
         es_service: Service,
         client: Any,
         names: dict[str, str],
-        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """The first batch's request is held back: the next batch is indexed meanwhile, nothing is committed.
 
@@ -643,24 +583,35 @@ class TestEndToEnd:
         gate = threading.Event()
         held: list[int] = []
         lock = threading.Lock()
-        send_bulk = es.send_bulk
-
-        def first_one_waits(es_client: Any, lines: Sequence[bytes], indices: Sequence[str]) -> es.BulkReply:
-            with lock:
-                first = not held
-                held.append(len(lines))
-            if first:
-                gate.wait(60)
-            return send_bulk(es_client, lines, indices)
-
-        monkeypatch.setattr(es, "send_bulk", first_one_waits)
-        ticks: list[int] = []
         options, es_options = _options(kafka_service, es_service, names, batch_size=100, concurrency=2)
-        shipper = Shipper(options, es_options, progress=lambda stats: ticks.append(stats.commits))
+        real = es.ClientIndexer(es_options)
+
+        class FirstOneWaits:
+            """The real indexer, except that the first request waits for the gate."""
+
+            def send(self, lines: Sequence[bytes], indices: Sequence[str]) -> es.BulkReply:
+                with lock:
+                    first = not held
+                    held.append(len(lines))
+                if first:
+                    gate.wait(60)
+                return real.send(lines, indices)
+
+            def install_template(self) -> None:
+                real.install_template()
+
+            def close(self) -> None:
+                real.close()
+
+        ticks: list[int] = []
+        shipper = Shipper(
+            options, es_options, progress=lambda stats: ticks.append(stats.commits), indexer=FirstOneWaits()
+        )
         running = _Running(shipper)
         try:
-            # the second batch went through while the first one's request hangs ...
-            assert wait_until(lambda: shipper.stats.indexed >= 100, 60)
+            # the second batch went through while the first one's request hangs (its reply is settled
+            # after the first one's: replies are accounted for in poll order) ...
+            assert wait_until(lambda: _count(client, names["prefix"]) >= 100, 60)
             # ... and the shipper has been round its loop since (progress is called after each settle)
             seen = len(ticks)
             assert wait_until(lambda: len(ticks) >= seen + 2, 30)
@@ -776,13 +727,15 @@ class TestDeadLetters:
         _wait_count(client, names["prefix"], len(good_ids), 60)
         wait_until(lambda: running.shipper.stats.dead_lettered == len(reasons), 30)
         running.stop()
-        entries = {e["offset"]: e for e in map(orjson.loads, path.read_bytes().splitlines())}
+        entries = {e["source"]["offset"]: e for e in deadletter.read(path)}
         assert sorted(entries) == sorted(reasons)
         for offset, words in reasons.items():
             assert words in entries[offset]["reason"]
-            assert entries[offset]["topic"] == names["topic"] and entries[offset]["partition"] == 0
+            assert entries[offset]["source"]["topic"] == names["topic"]
+            assert entries[offset]["source"]["partition"] == 0
+            assert deadletter.original(entries[offset]) == values[offset]  # the bytes as they came
         assert entries[2]["value"] == "[1, 2, 3]"
-        assert entries[1]["value"].endswith("not json at all")
-        assert entries[3]["record"]["Msg"] == "good 0"
-        assert entries[6]["status"] == 400 and entries[6]["record"]["Time"] == "yesterday"
+        assert entries[1]["value_base64"]  # not UTF-8: kept as base64, nothing lost
+        assert orjson.loads(entries[3]["value"])["Msg"] == "good 0"
+        assert entries[6]["status"] == 400 and orjson.loads(entries[6]["value"])["Time"] == "yesterday"
         assert len(entries[5]["value"]) > 10_000  # the oversized message is kept whole

@@ -1,4 +1,4 @@
-"""Tests for logpipe.consumer: both client libraries against the real broker, through the one interface."""
+"""Tests for logpipe.ship.consumer: both client libraries against the real broker, through the one interface."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from conftest import Service, wait_until
-from logpipe.consumer import ConsumerSettings, TopicPartition, open_consumer
+from logpipe.kafkaclient import Connection
+from logpipe.ship.consumer import ConsumerSettings, TopicPartition, open_consumer
 
 pytestmark = pytest.mark.kafka
 
@@ -37,9 +38,8 @@ def topic(kafka_service: Service) -> Iterator[str]:
 def consumer(request: pytest.FixtureRequest, kafka_service: Service, topic: str) -> Iterator[Any]:
     events: list[tuple[str, set[TopicPartition]]] = []
     settings = ConsumerSettings(
-        bootstrap_servers=(kafka_service.address,),
+        connection=Connection.of(kafka_service.address, "lptest", variable="LOGPIPE_TEST_KAFKA_BOOTSTRAP"),
         group_id=f"lptest-{uuid.uuid4().hex[:10]}",
-        client_id="lptest",
         topics=(topic,),
         session_timeout=10.0,
     )

@@ -7,7 +7,8 @@ inside the client: kafka-python decodes every record in Python (about
 confluent-kafka, in C (about 3 us, its threads included). On a machine the
 shipper shares with Elasticsearch that CPU is taken from the indexing.
 
-So the shipper talks to `Consumer`, and `open_consumer` picks the library:
+So the shipper talks to `Consumer`, and `open_consumer` picks the library (the confluent-kafka
+one lives in `logpipe.ship.confluent`):
 confluent-kafka when it is installed (``pip install 'logpipe-kafkalog[ship]'``) and
 kafka-python otherwise, or the one ``LOGPIPE_SHIP_KAFKA_CLIENT`` names. The
 two behave the same for the shipper: eager rebalances with a callback when
@@ -17,23 +18,32 @@ when the group moved on, messages with the same attributes.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
-from .exceptions import ConfigError
-from .plugins import DISTRIBUTION
+from ..exceptions import ConfigError
+from ..kafkaclient import Connection, kafka_python
+from ..plugins import DISTRIBUTION
+
+if TYPE_CHECKING:
+    from .options import ShipOptions
 
 __all__ = [
     "CLIENTS",
     "CommitFailed",
     "CommitRefused",
     "Consumer",
+    "ConsumerFactory",
     "ConsumerSettings",
+    "KafkaClient",
     "Message",
     "TopicPartition",
+    "kafka_consumer",
+    "keep_alive",
     "open_consumer",
     "resolve_client",
 ]
@@ -72,19 +82,6 @@ class Message(Protocol):
     def leader_epoch(self) -> int | None: ...
 
 
-class Record(NamedTuple):
-    """A confluent-kafka message copied into the shape of `Message` (one tuple, read once)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int | None
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes | None]]
-    leader_epoch: int | None
-
-
 class CommitRefused(Exception):
     """The group rebalanced: these partitions are someone else's now, and so are their offsets."""
 
@@ -104,9 +101,9 @@ Rebalance = Callable[[set[TopicPartition]], None]
 class ConsumerSettings:
     """What the shipper asks of its consumer, in the client libraries' common terms."""
 
-    bootstrap_servers: tuple[str, ...]
+    #: How to reach the cluster (`logpipe.kafkaclient`: servers, client id, and security to come).
+    connection: Connection
     group_id: str
-    client_id: str
     topics: tuple[str, ...] = ()
     pattern: str | None = None
     instance_id: str | None = None
@@ -200,6 +197,50 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+#: Opens the consumer, given the shipper's rebalance callbacks (revoked, assigned) and error callback.
+ConsumerFactory = Callable[[Rebalance, Rebalance, Callable[[str], None]], Consumer]
+
+
+def kafka_consumer(options: ShipOptions, client: str) -> ConsumerFactory:
+    """The shipper's default `ConsumerFactory`: *client* (a `resolve_client` answer) configured from *options*."""
+    variable = "LOGPIPE_SHIP_BOOTSTRAP_SERVERS"
+    settings = ConsumerSettings(
+        connection=Connection.of(options.bootstrap_servers, f"logpipe-shipper-{options.group_id}", variable=variable),
+        group_id=options.group_id,
+        topics=options.topics,
+        pattern=options.pattern,
+        instance_id=options.instance_id,
+        session_timeout=options.session_timeout,
+        auto_offset_reset=options.auto_offset_reset,
+        max_records=options.batch_size,
+        fetch_bytes=max(options.fetch_max_bytes, options.max_message_bytes + 64 * 1024),
+    )
+    return functools.partial(open_consumer, client, settings)
+
+
+def keep_alive(
+    consumer: Consumer, seconds: float, max_records: int, out_of_time: Callable[[], bool], tick: Callable[[], object]
+) -> bool:
+    """Keep the group membership alive for *seconds* without reading more messages.
+
+    Partitions are paused and ``poll`` is called in short slices (kafka-python's
+    heartbeat thread alone does not satisfy ``max.poll.interval.ms``). Returns
+    False as soon as *out_of_time* says so (a stop's grace time is over).
+    """
+    end = time.monotonic() + seconds
+    while not out_of_time():
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        consumer.pause(consumer.assignment())
+        polled = consumer.poll(min(left, 0.25), max_records)
+        for records in polled.values():  # should not happen while paused: put them back
+            first = min(records, key=lambda m: m.offset)
+            consumer.seek(TopicPartition(first.topic, first.partition), first.offset)
+        tick()
+    return False
+
+
 def open_consumer(
     client: str,
     settings: ConsumerSettings,
@@ -213,6 +254,8 @@ def open_consumer(
     its own (brokers down, timeouts), where the library reports them.
     """
     if client == "confluent-kafka":
+        from .confluent import ConfluentConsumer
+
         return ConfluentConsumer(settings, on_revoked, on_assigned, on_error)
     return KafkaPythonConsumer(settings, on_revoked, on_assigned)
 
@@ -237,10 +280,9 @@ class KafkaPythonConsumer:
             def on_partitions_assigned(self, assigned: Any) -> None:
                 on_assigned({TopicPartition(*tp) for tp in assigned})
 
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=list(s.bootstrap_servers),
+        config = kafka_python(
+            s.connection,
             group_id=s.group_id,
-            client_id=s.client_id,
             group_instance_id=s.instance_id,
             session_timeout_ms=int(s.session_timeout * 1000),
             heartbeat_interval_ms=int(min(3.0, s.session_timeout / 3) * 1000),
@@ -253,6 +295,7 @@ class KafkaPythonConsumer:
             fetch_max_bytes=s.fetch_bytes,
             max_partition_fetch_bytes=s.fetch_bytes,
         )
+        self._consumer = KafkaConsumer(**config)
         if s.pattern:
             self._consumer.subscribe(pattern=s.pattern, listener=Listener())
         else:
@@ -310,175 +353,3 @@ class KafkaPythonConsumer:
         from kafka.structs import TopicPartition as KafkaTopicPartition
 
         return [KafkaTopicPartition(*tp) for tp in partitions]
-
-
-# -- confluent-kafka ------------------------------------------------------------------------------
-
-_LIBRDKAFKA_LOG = logging.getLogger("logpipe.ship.kafka")
-_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())  # a library's logger: quiet until logging is configured
-
-#: librdkafka error codes meaning "the group moved on": the partitions are no longer ours to commit.
-_REFUSED = {22, 25, 27, 82, -142}  # ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS,
-#                                     FENCED_INSTANCE_ID, _ASSIGNMENT_LOST
-
-
-class ConfluentConsumer:
-    """`Consumer` over confluent-kafka (librdkafka).
-
-    librdkafka's log lines go to the ``logpipe.ship.kafka`` logger (silent
-    unless the application configures logging) instead of straight to
-    stderr, where a broker being down would print a line per reconnect
-    attempt; the errors themselves reach *on_error* (the shipper's display).
-    """
-
-    name = "confluent-kafka"
-
-    def __init__(
-        self,
-        settings: ConsumerSettings,
-        on_revoked: Rebalance,
-        on_assigned: Rebalance,
-        on_error: Callable[[str], None] | None = None,
-    ) -> None:
-        import confluent_kafka
-
-        s = settings
-        conf: dict[str, Any] = {
-            "bootstrap.servers": ",".join(s.bootstrap_servers),
-            "group.id": s.group_id,
-            "client.id": s.client_id,
-            "session.timeout.ms": int(s.session_timeout * 1000),
-            "heartbeat.interval.ms": int(min(3.0, s.session_timeout / 3) * 1000),
-            "enable.auto.commit": False,
-            "auto.offset.reset": s.auto_offset_reset,
-            "fetch.max.bytes": s.fetch_bytes,
-            "max.partition.fetch.bytes": s.fetch_bytes,
-            # librdkafka prefetches up to this much per partition in the background; the same
-            # bound as one fetch, not its 64 MiB default, so memory stays what the settings say.
-            "queued.max.messages.kbytes": max(s.fetch_bytes // 1024, 1024),
-            "receive.message.max.bytes": s.fetch_bytes + 1024 * 1024,
-            "logger": _LIBRDKAFKA_LOG,
-        }
-        if on_error is not None:
-            conf["error_cb"] = lambda error: on_error(f"Kafka: {error.str()}")
-        if s.instance_id:
-            conf["group.instance.id"] = s.instance_id
-        self._lib = confluent_kafka
-        self._consumer = confluent_kafka.Consumer(conf)
-        self._paused: set[TopicPartition] = set()
-        try:
-            # librdkafka would retry unreachable brokers for ever; fail at start, as kafka-python does.
-            self._consumer.list_topics(timeout=BOOTSTRAP_TIMEOUT)
-        except confluent_kafka.KafkaException:
-            self._consumer.close()
-            raise
-
-        def assigned(consumer: Any, partitions: list[Any]) -> None:
-            # Assign explicitly, so a pause asked for by the callback applies to these partitions.
-            consumer.assign(partitions)
-            on_assigned({TopicPartition(p.topic, p.partition) for p in partitions})
-
-        def revoked(consumer: Any, partitions: list[Any]) -> None:
-            gone = {TopicPartition(p.topic, p.partition) for p in partitions}
-            self._paused -= gone
-            on_revoked(gone)
-
-        topics = [_anchored(s.pattern)] if s.pattern else list(s.topics)
-        self._consumer.subscribe(topics, on_assign=assigned, on_revoke=revoked)
-
-    def poll(self, timeout: float, max_records: int) -> dict[TopicPartition, list[Message]]:
-        found: dict[TopicPartition, list[Message]] = {}
-        # consume(n, timeout) waits until it has n messages or the timeout is over; the shipper wants
-        # what is there now, or the first message to come within the timeout (kafka-python's poll).
-        messages: list[Any] = cast(Any, self._consumer.consume(max_records, 0))
-        if not messages and timeout > 0:
-            first = self._consumer.poll(timeout)
-            if first is not None:
-                messages = (
-                    [first, *cast(Any, self._consumer.consume(max_records - 1, 0))] if max_records > 1 else [first]
-                )
-        for m in messages:
-            error = m.error()
-            if error is not None:
-                if error.fatal():
-                    raise self._lib.KafkaException(error)
-                continue  # transient (a broker went away, end of partition): librdkafka retries
-            kind, ts = m.timestamp()
-            record = Record(
-                m.topic(),
-                m.partition(),
-                m.offset(),
-                None if kind == self._lib.TIMESTAMP_NOT_AVAILABLE else ts,
-                m.key(),
-                m.value(),
-                m.headers() or [],
-                m.leader_epoch(),
-            )
-            tp = TopicPartition(record.topic, record.partition)
-            batch = found.get(tp)
-            if batch is None:
-                found[tp] = [record]
-            else:
-                batch.append(record)
-        return found
-
-    def commit(self, offsets: Mapping[TopicPartition, tuple[int, int | None]], timeout: float) -> None:
-        lib = self._lib
-        request = [
-            lib.TopicPartition(tp.topic, tp.partition, offset, leader_epoch=epoch)
-            if epoch is not None
-            else lib.TopicPartition(tp.topic, tp.partition, offset)
-            for tp, (offset, epoch) in offsets.items()
-        ]
-        try:
-            answer = self._consumer.commit(offsets=request, asynchronous=False)
-        except lib.KafkaException as exc:
-            error: Any = exc.args[0] if exc.args else None
-            code = error.code() if hasattr(error, "code") else None
-            raise (CommitRefused if code in _REFUSED else CommitFailed)(str(exc)) from exc
-        for part in cast(list[Any], answer or []):
-            if part.error is not None:
-                raise (CommitRefused if part.error.code() in _REFUSED else CommitFailed)(str(part.error))
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TopicPartition(p.topic, p.partition) for p in self._consumer.assignment()}
-
-    def pause(self, partitions: Iterable[TopicPartition]) -> None:
-        wanted = set(partitions)
-        if wanted:
-            self._consumer.pause(self._native(wanted))
-            self._paused |= wanted
-
-    def resume(self, partitions: Iterable[TopicPartition]) -> None:
-        wanted = set(partitions)
-        if wanted:
-            self._consumer.resume(self._native(wanted))
-            self._paused -= wanted
-
-    def paused(self) -> set[TopicPartition]:
-        return self._paused & self.assignment()
-
-    def seek(self, partition: TopicPartition, offset: int) -> None:
-        self._consumer.seek(self._lib.TopicPartition(partition.topic, partition.partition, offset))
-
-    def end_offsets(self, partitions: Sequence[TopicPartition], timeout: float) -> dict[TopicPartition, int]:
-        # The ends the last fetch responses carried: asking the broker would queue behind the
-        # long-polling fetch on the same connection (up to fetch.wait.max.ms) on every display tick.
-        ends = {}
-        for tp in partitions:
-            _low, high = self._consumer.get_watermark_offsets(
-                self._lib.TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=True
-            )
-            if high >= 0:
-                ends[tp] = int(high)
-        return ends
-
-    def committed(self, partition: TopicPartition, timeout: float) -> int | None:
-        (answer,) = self._consumer.committed(self._native([partition]), timeout=timeout)
-        return int(answer.offset) if answer.offset >= 0 else None
-
-    def close(self) -> None:
-        self._consumer.close()
-
-    def _native(self, partitions: Iterable[TopicPartition]) -> list[Any]:
-        return [self._lib.TopicPartition(tp.topic, tp.partition) for tp in partitions]
