@@ -202,3 +202,55 @@ class TestReplayCommand:
         assert "being replayed by process" in result.output
         assert other.acquire()
         other.release()
+
+    def test_replays_a_dead_letter_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`logpipe replay rejected.ndjson` sends the letters' original records, then renames the file."""
+        sent = records(3)
+        letters = tmp_path / REJECTED_FILE
+        deadletter.FileDeadLetters(letters).write(
+            [deadletter.DeadLetter(r.payload, "refused", {"spool": "x", "segment": "s", "offset": 0}) for r in sent]
+        )
+        monkeypatch.setenv("LOGPIPE_FILE_PATH", str(tmp_path / "out.jsonl"))
+        result = CliRunner().invoke(main, ["replay", str(letters), "-e", "file"])
+        assert result.exit_code == 0, result.output
+        lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
+        assert [Record.from_json(x).id for x in lines] == [r.id for r in sent]
+        assert not letters.exists() and (tmp_path / f"{REJECTED_FILE}.replayed").exists()
+        assert not (tmp_path / f"{REJECTED_FILE}.replay").exists()
+
+
+class TestWindow:
+    def test_pipelined_primary_gets_several_chunks_in_flight(self, tmp_path: Path) -> None:
+        """With max_in_flight 3, three chunks are begun before the oldest is awaited; all arrive in order."""
+        from logpipe.inflight import Pending
+
+        sent = records(30)
+        spool = Spool(tmp_path)
+        spool.append([r.payload for r in sent])
+        spool.close()
+
+        class Pipelined(InMemoryExporter):
+            max_in_flight = 3
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.open: list[int] = []
+                self.most = 0
+
+            def begin(self, batch: Sequence[Record]) -> Pending[ExportResult | PartialFailure]:
+                self.open.append(1)
+                self.most = max(self.most, len(self.open))
+                exporter = self
+
+                class Later:
+                    def wait(self) -> ExportResult | PartialFailure:
+                        exporter.open.pop()
+                        return exporter.export(batch)
+
+                return Later()
+
+        primary = Pipelined()
+        drain(spool, primary, batch=4)
+        assert primary.ids() == [r.id for r in sent]
+        assert primary.most == 3
+        assert spool.stats().segments == 0

@@ -269,12 +269,12 @@ class Spool:
             if after is not None and segment.name < after.segment.name:
                 continue
             length = size(segment)
-            offset = read_offset(segment, length)
+            committed = offset = read_offset(segment, length)
             if after is not None and segment == after.segment:
-                offset = max(offset, after.end)
+                offset = max(offset, after.end)  # read, not committed yet: never deleted here
             writing = self._is_written(segment)
             if offset >= length:
-                if not writing:
+                if committed >= length and not writing:
                     self._forget(segment, length)
                 continue
             chunk = read_lines(segment, offset, max_records, complete_only=writing)
