@@ -2,7 +2,7 @@
 
 The same `Replayer` the spool exporter runs in the background, driven from the
 command line: after an outage outlived the application, to move a spool to
-another machine's broker, or to retry ``rejected/`` records once their cause
+another machine's broker, or to retry ``rejected.ndjson`` records once their cause
 is fixed. Progress is committed as in the background thread, so an
 interrupted replay resumes where it stopped.
 

@@ -64,7 +64,8 @@ class SpoolOptions:
     replay_batch: int = setting(512, "Most records handed to the primary in one replay export.", check=at_least(1))
     max_attempts: int = setting(
         5,
-        "A record the primary refuses this many times in a row while accepting others moves to rejected/ (0: never).",
+        "A record the primary refuses this many times (taking others) becomes a dead letter in rejected.ndjson "
+        "(0: never).",
         check=at_least(0),
     )
 
