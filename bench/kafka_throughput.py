@@ -5,7 +5,7 @@ N records of about 300 bytes (KafkaLog JSON made by logpipe itself) go to a
 Peers, in interleaved rounds (order rotates):
 
 * **raw kafka-python**: one ``KafkaProducer`` with exactly the settings
-  logpipe's exporter derives (``logpipe.exporters.kafka._producer_config``:
+  logpipe's exporter derives (``logpipe.exporters.kafka_options.producer_config``:
   acks, idempotence, linger 5 ms, 256 KiB batches), ``send`` of the same
   pre-serialised bytes with the same ``id`` header, then ``flush``: the
   client library's own limit.
@@ -75,9 +75,10 @@ def kafka_options(topic: str, acks: str) -> dict[str, Any]:
 
 def producer_config(topic: str, acks: str) -> dict[str, Any]:
     """The kafka-python settings logpipe's exporter would use."""
-    from logpipe.exporters.kafka import KafkaOptions, _producer_config
+    from logpipe.exporters.kafka_options import KafkaOptions
+    from logpipe.exporters.kafka_options import producer_config as exporter_config
 
-    return _producer_config(KafkaOptions(**kafka_options(topic, acks)))
+    return exporter_config(KafkaOptions(**kafka_options(topic, acks)))
 
 
 @dataclass

@@ -18,19 +18,18 @@ keeps as many batches in flight as it would in process.
 What the application keeps: its queue, overflow policy, counters and the
 fallback (spool). A child that dies or hangs fails its outstanding batches,
 which go to the fallback like any failed export, and a new child is started
-on the next batch (at most one start per ``respawn_backoff`` seconds). The
+on the next batch; starts are spaced by a `logpipe.backoff.Backoff` from
+``respawn_backoff`` seconds, doubling (with jitter) up to a minute while
+children keep dying, back to the start once a child answers a batch. The
 child ignores SIGINT/SIGTERM (a Ctrl-C reaches the whole process group) and
 lives exactly as long as its stdin: when the application exits, even killed,
 the pipe closes and the child flushes and exits. An exporter that cannot run
 in a child (its class is not importable there, Python cannot be started)
 runs in process instead, with one line on stderr saying why.
 
-The protocol, on the child's stdin and stdout: frames of a header (kind,
-sequence number, body length) and a body. A batch travels as ``marshal`` of
-its columns, one plain tuple per `Record` field (about 80 us per 512 records,
-in C, holding the application's GIL: marshal refuses named tuples, and
-transposing with ``zip`` is cheaper than a ``tuple()`` per record); the HELLO
-frame carries the exporter's class and options pickled.
+The protocol (frames on the child's stdin and stdout) is in `process_frames`,
+the child's main loop in `process_child`; this module is the application's
+side.
 """
 
 from __future__ import annotations
@@ -40,39 +39,26 @@ import fcntl
 import marshal
 import os
 import pickle
-import queue
 import select
-import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..durable import write_all
+from ..backoff import Backoff
 from ..record import Record
 from ..report import Reporter
+from . import process_frames as wire
 from .base import Done, Exporter, ExportResult, Outcome, PartialFailure, Pending
+from .process_child import PATH_ENV, main
 
-__all__ = ["ProcessExporter", "isolate"]
+__all__ = ["ProcessExporter", "isolate", "main"]
 
-_HEADER = struct.Struct("!BQI")  # kind, sequence number, body length
-
-# Parent -> child.
-_HELLO, _BATCH, _FLUSH, _CLOSE, _STATS = 1, 2, 3, 4, 5
-# Child -> parent.
-_READY, _REFUSED, _RESULT, _FLUSHED, _CLOSED, _STATS_OF = 11, 12, 13, 14, 15, 16
-#: marshal format 2 for record batches: formats 3+ look every object up in a table of
-#: references (to share repeated ones), which doubled the time a batch holds the GIL.
-_BATCH_FORMAT = 2
-
-_SUCCESS, _FAILURE, _PARTIAL = 0, 1, 2
-
-#: Environment variable carrying the application's sys.path to the child (same imports, same plugins).
-_PATH_ENV = "LOGPIPE_CHILD_SYS_PATH"
+#: Longest wait between starts of a child that keeps dying.
+_RESPAWN_MAX = 60.0
 
 #: Children of a parent that forked: kept referenced so Popen's finalizer never runs in the fork.
 _orphans: list[Any] = []
@@ -103,7 +89,8 @@ class ProcessExporter(Exporter):
         self.max_in_flight = inner.max_in_flight
         self.default_fallback = inner.default_fallback  # type: ignore[misc]
         self._start_timeout = start_timeout
-        self._respawn_backoff = respawn_backoff
+        #: Spacing of child starts; None: start one whenever needed (tests).
+        self._respawn = Backoff(respawn_backoff, max(respawn_backoff, _RESPAWN_MAX)) if respawn_backoff > 0 else None
         #: How long a batch's answer may take before the child counts as hung.
         self._answer_timeout = 2 * float(getattr(inner.options, "delivery_timeout", 30.0)) + 30.0
         self._init_state()
@@ -111,7 +98,7 @@ class ProcessExporter(Exporter):
     def _init_state(self) -> None:
         self._lock = threading.Lock()  # child creation and frame writes
         self._child: _Child | None = None
-        self._next_start = 0.0
+        self._next_start: float | None = None
         self._seq = 0
         self._in_process = False
         self._closed = False
@@ -130,7 +117,7 @@ class ProcessExporter(Exporter):
                 return Done(ExportResult.FAILURE)
             seq = self._next()
             try:
-                child.send(_BATCH, seq, marshal.dumps(list(zip(*batch, strict=True)), _BATCH_FORMAT))
+                child.send(wire.BATCH, seq, wire.encode_batch(batch))
             except OSError as exc:
                 self._lost(child, f"cannot write to it: {exc}")
                 return Done(ExportResult.FAILURE)
@@ -141,7 +128,7 @@ class ProcessExporter(Exporter):
             return self.inner.force_flush(timeout)
         if self._child is None:
             return True  # no child, nothing buffered in one (failed batches already went to the fallback)
-        answer = self._ask(_FLUSH, marshal.dumps(timeout), timeout)
+        answer = self._ask(wire.FLUSH, marshal.dumps(timeout), timeout)
         return answer is not None and bool(marshal.loads(answer))
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -155,7 +142,7 @@ class ProcessExporter(Exporter):
         if child is None:
             return
         with contextlib.suppress(OSError):
-            child.send(_CLOSE, seq, marshal.dumps(max(0.0, timeout - 1.0)))
+            child.send(wire.CLOSE, seq, marshal.dumps(max(0.0, timeout - 1.0)))
             child.answer(seq, max(0.0, deadline - time.monotonic()))
         child.stop(max(0.0, deadline - time.monotonic()))
 
@@ -180,7 +167,7 @@ class ProcessExporter(Exporter):
         """The child exporter's own ``stats()``, if it has any; None when there is no child."""
         if self._in_process:
             return getattr(self.inner, "stats", lambda: None)()
-        answer = self._ask(_STATS, b"", 10.0)
+        answer = self._ask(wire.STATS, b"", 10.0)
         return pickle.loads(answer) if answer else None
 
     # -- the child ---------------------------------------------------------------
@@ -197,9 +184,10 @@ class ProcessExporter(Exporter):
             if self._child.alive():
                 return self._child
             self._lost(self._child, "exited")
-        if time.monotonic() < self._next_start:
+        if self._next_start is not None and time.monotonic() < self._next_start:
             return None
-        self._next_start = time.monotonic() + self._respawn_backoff
+        if self._respawn is not None:
+            self._next_start = time.monotonic() + self._respawn.delay()
         unusable = _no_python()
         if unusable:
             self._run_in_process(unusable)
@@ -252,12 +240,11 @@ class ProcessExporter(Exporter):
             with self._lock:
                 self._lost(child, "exited" if not child.alive() else "no answer in time")
             return ExportResult.FAILURE
-        code, failed = marshal.loads(answer[1])
-        if code == _SUCCESS:
-            return ExportResult.SUCCESS
-        if code == _PARTIAL:
-            return PartialFailure([batch[i] for i in failed])
-        return ExportResult.FAILURE
+        if self._respawn is not None and self._respawn.failures:
+            with self._lock:  # this child works: a later death restarts it without delay
+                self._respawn.reset()
+                self._next_start = None
+        return wire.decode_outcome(answer[1], batch)
 
 
 @dataclass(frozen=True)
@@ -292,9 +279,9 @@ class _Child:
     @classmethod
     def start(cls, hello: bytes, seq: int, timeout: float) -> _Child:
         env = dict(os.environ)
-        env[_PATH_ENV] = os.pathsep.join(p for p in sys.path if p)
+        env[PATH_ENV] = os.pathsep.join(p for p in sys.path if p)
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from logpipe.exporters.process import main; main()"],
+            [sys.executable, "-c", "from logpipe.exporters.process_child import main; main()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
@@ -303,9 +290,9 @@ class _Child:
         )
         child = cls(proc)
         _grow_pipe(proc.stdin)
-        child.send(_HELLO, seq, hello)
+        child.send(wire.HELLO, seq, hello)
         answer = child.answer(seq, timeout)
-        if answer is None or answer[0] != _READY:
+        if answer is None or answer[0] != wire.READY:
             reason = answer[1].decode(errors="replace") if answer else "no answer to HELLO"
             child.stop(1.0)
             raise _Refused(reason)
@@ -313,7 +300,7 @@ class _Child:
 
     def send(self, kind: int, seq: int, body: bytes) -> None:
         """Write one frame (the caller serialises writers)."""
-        _write(self._stdin.fileno(), kind, seq, body)
+        wire.write(self._stdin.fileno(), kind, seq, body)
 
     def answer(self, seq: int, timeout: float) -> tuple[int, bytes] | None:
         """The (kind, body) answered to request *seq*; None if the child died or took longer than *timeout*."""
@@ -335,7 +322,7 @@ class _Child:
             self._eof = True
             return False
         self._buffer += chunk
-        for kind, seq, body in _take_frames(self._buffer):
+        for kind, seq, body in wire.take_frames(self._buffer):
             self._answers[seq] = (kind, body)
         return True
 
@@ -388,117 +375,3 @@ def _grow_pipe(pipe: Any) -> None:
 
 #: One line on stderr, at most every 10 s unless forced (never through logging, which may feed this exporter).
 _report = Reporter()
-
-
-# -- the child's side ------------------------------------------------------------------
-
-
-def main() -> None:
-    """Serve one exporter over stdin/stdout until CLOSE or end of input."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    path = os.environ.get(_PATH_ENV)
-    if path:
-        sys.path[:] = path.split(os.pathsep)
-    out = os.dup(1)
-    os.dup2(2, 1)  # a stray print() in an exporter must not corrupt the frames
-    frames = _frames(0)
-    first = next(frames, None)
-    if first is None or first[0] != _HELLO:
-        return
-    try:
-        cls, options = pickle.loads(first[2])
-        exporter: Exporter = cls(options)
-    except Exception as exc:
-        _write(out, _REFUSED, first[1], f"{type(exc).__name__}: {exc}".encode())
-        return
-    _write(out, _READY, first[1], b"")
-    work: queue.SimpleQueue[tuple[int, int, Any, Any]] = queue.SimpleQueue()
-    answerer = threading.Thread(target=_answer, args=(exporter, work, out), name="logpipe-answer")
-    answerer.start()
-    for kind, seq, body in frames:
-        if kind == _BATCH:
-            batch = [Record(*fields) for fields in zip(*marshal.loads(body), strict=True)]
-            try:
-                pending: Pending[Outcome] | None = exporter.begin(batch)
-            except Exception:
-                pending = None
-            work.put((kind, seq, batch, pending))
-        elif kind == _CLOSE:
-            work.put((kind, seq, None, marshal.loads(body)))
-            break
-        else:
-            work.put((kind, seq, None, body))
-    else:  # the application went away without CLOSE: flush what we have and go
-        work.put((_CLOSE, 0, None, 10.0))
-    answerer.join()
-
-
-def _answer(exporter: Exporter, work: queue.SimpleQueue[tuple[int, int, Any, Any]], out: int) -> None:
-    """Answer requests in the order they arrived: outcomes of batches, flushes, stats, close."""
-    while True:
-        kind, seq, batch, extra = work.get()
-        if kind == _BATCH:
-            _write(out, _RESULT, seq, marshal.dumps(_encode(batch, extra)))
-        elif kind == _FLUSH:
-            ok = _safely(False, exporter.force_flush, marshal.loads(extra))
-            _write(out, _FLUSHED, seq, marshal.dumps(bool(ok)))
-        elif kind == _STATS:
-            stats = _safely(None, getattr(exporter, "stats", lambda: None))
-            _write(out, _STATS_OF, seq, pickle.dumps(stats))
-        elif kind == _CLOSE:
-            _safely(None, exporter.shutdown, extra)
-            _write(out, _CLOSED, seq, b"")
-            return
-
-
-def _encode(batch: list[Record], pending: Pending[Outcome] | None) -> tuple[int, list[int]]:
-    result: Any = ExportResult.FAILURE
-    if pending is not None:
-        result = _safely(ExportResult.FAILURE, pending.wait)
-    if result is ExportResult.SUCCESS:
-        return _SUCCESS, []
-    if isinstance(result, PartialFailure):
-        index = {r.id: i for i, r in enumerate(batch)}
-        return _PARTIAL, [index[r.id] for r in result.failed if r.id in index]
-    return _FAILURE, []
-
-
-def _safely(default: Any, call: Any, *args: Any) -> Any:
-    """``call(*args)``, or *default* (and a line on stderr) if it raises: the child must keep answering."""
-    try:
-        return call(*args)
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            print(f"logpipe: exporter raised {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        return default
-
-
-def _frames(fd: int) -> Iterator[tuple[int, int, bytes]]:
-    """Yield (kind, seq, body) frames read from *fd* until end of input."""
-    buffer = bytearray()
-    while True:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return
-        buffer += chunk
-        yield from _take_frames(buffer)
-
-
-def _take_frames(buffer: bytearray) -> list[tuple[int, int, bytes]]:
-    """Remove the complete frames at the start of *buffer* and return them as (kind, seq, body)."""
-    frames = []
-    start = 0
-    while len(buffer) - start >= _HEADER.size:
-        kind, seq, size = _HEADER.unpack_from(buffer, start)
-        end = start + _HEADER.size + size
-        if len(buffer) < end:
-            break
-        frames.append((kind, seq, bytes(buffer[start + _HEADER.size : end])))
-        start = end
-    del buffer[:start]
-    return frames
-
-
-def _write(fd: int, kind: int, seq: int, body: bytes) -> None:
-    write_all(fd, _HEADER.pack(kind, seq, len(body)) + body)

@@ -8,6 +8,13 @@ including whatever a previous process left there (a crash, an outage across a
 restart). The on-disk format and its guarantees are described in
 `logpipe.spool`.
 
+While the primary keeps failing, replay attempts are spaced by a
+`logpipe.backoff.Backoff`: ``replay_interval`` seconds at first, doubling
+(with jitter) up to ten times that, back to ``replay_interval`` as soon as a
+replay makes progress. A record the primary refuses ``max_attempts`` times
+while taking others is written to ``rejected.ndjson`` in the spool directory
+as a dead letter (`logpipe.deadletter`).
+
 Durability: every append is one ``write``; by default (``fsync=batch``) it is
 also fsynced before `export` returns SUCCESS, so a record the dispatcher
 counts as ``spilled`` survives a power cut. ``interval`` and ``never`` trade
@@ -25,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backoff import Backoff
 from ..config import at_least, setting
 from ..record import Record
 from ..spool import DirectoryLock, FsyncPolicy, FullPolicy, Replayer, Spool, SpoolStats, Step, report
@@ -56,7 +64,8 @@ class SpoolOptions:
     replay_batch: int = setting(512, "Most records handed to the primary in one replay export.", check=at_least(1))
     max_attempts: int = setting(
         5,
-        "A record the primary refuses this many times in a row while accepting others moves to rejected/ (0: never).",
+        "A record the primary refuses this many times (taking others) becomes a dead letter in rejected.ndjson "
+        "(0: never).",
         check=at_least(0),
     )
 
@@ -162,21 +171,27 @@ class SpoolExporter(Exporter):
         """Replay while this process holds the directory lock; otherwise keep asking for it."""
         assert self.primary is not None
         o = self.options
-        replayer = Replayer(self.spool, self.primary, batch=o.replay_batch, max_attempts=o.max_attempts)
         stop, wake, lock = self._stop, self._wake, self._lock
+        backoff = Backoff(o.replay_interval, 10 * o.replay_interval, stop=stop)
+        replayer: Replayer | None = None
         while not stop.is_set():
             if not lock.acquire():
                 stop.wait(o.replay_interval)
                 continue
+            if replayer is None:  # made once the lock is ours: what it reads, it owns
+                replayer = Replayer(self.spool, self.primary, batch=o.replay_batch, max_attempts=o.max_attempts)
             try:
                 step = replayer.step()
-            except OSError as exc:  # the disk, not the primary: back off and try again
-                step = Step.BLOCKED
+            except OSError as exc:  # the disk, not the primary: back off, then start over from the offsets
+                step, replayer = Step.BLOCKED, None
                 report(f"replay of {self.directory}: {type(exc).__name__}: {exc}")
-            if step is Step.IDLE:
+            if step is Step.PROGRESS:
+                backoff.reset()
+            elif step is Step.IDLE:
+                backoff.reset()
                 wake.wait(o.replay_interval)
                 wake.clear()
-            elif step is Step.BLOCKED:
-                stop.wait(o.replay_interval)
+            else:
+                backoff.wait()
         if self._closed:
             lock.release()

@@ -78,9 +78,9 @@ class TestOptions:
 
     def test_missing_codec_library_is_a_config_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A codec whose library is not installed is refused at configure time, naming the variable."""
-        from logpipe.exporters import kafka as module
+        from logpipe.exporters import kafka_options
 
-        monkeypatch.setitem(module._CODECS, "lz4", ("lz4", lambda: False))  # as on a machine without lz4
+        monkeypatch.setitem(kafka_options.CODECS, "lz4", ("lz4", lambda: False))  # as on a machine without lz4
         with pytest.raises(logpipe.ConfigError, match="LOGPIPE_KAFKA_COMPRESSION=lz4: the lz4 library"):
             KafkaExporter(KafkaOptions(compression="lz4"))
         KafkaExporter(KafkaOptions(compression="gzip"))  # the standard library's codec is always there
