@@ -189,7 +189,9 @@ class SpoolCollector:
                 "logpipe_spool_oldest_age_seconds", "Seconds the oldest waiting record has waited.", labels=["exporter"]
             ),
             "rejected": GaugeMetricFamily(
-                "logpipe_spool_rejected_records", "Records set aside in rejected/.", labels=["exporter"]
+                "logpipe_spool_rejected_records",
+                "Records set aside in rejected.ndjson (dead letters).",
+                labels=["exporter"],
             ),
         }
         for directory in status.spool_dirs(self.root):

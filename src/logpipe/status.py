@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import spool as spool_mod
+from .spool import segments
 from .tail import RegistryEntry
 
 __all__ = ["Backlog", "FilePosition", "SpoolCounter", "file_positions", "group_lag", "spool_dirs"]
@@ -69,29 +70,27 @@ class SpoolCounter:
         spool = spool_mod.Spool(directory)  # opens nothing until appended to
         records = pending = 0
         oldest: float | None = None
-        segments = spool.segments()
-        for segment in segments:
-            size = spool_mod._size(segment)
-            offset = spool_mod._read_offset(segment, size)
+        found = spool.segments()
+        for segment in found:
+            size = segments.size(segment)
+            offset = segments.read_offset(segment, size)
             waiting = self._count(segment, offset, size)
             if waiting and oldest is None:
                 oldest = _first_time(segment, offset)
             records += waiting
             pending += size - offset
         self._cache = {k: v for k, v in self._cache.items() if k.exists()}
-        rejected_dir = directory / spool_mod.REJECTED_DIR
-        rejected = 0
-        for segment in spool_mod.Spool(rejected_dir).segments():
-            size = spool_mod._size(segment)
-            rejected += self._count(segment, spool_mod._read_offset(segment, size), size)
-        return Backlog(directory.name, directory, records, pending, len(segments), oldest, rejected)
+        rejected_file = directory / spool_mod.REJECTED_FILE
+        size = segments.size(rejected_file)
+        rejected = self._count(rejected_file, 0, size) if size else 0  # one dead letter a line
+        return Backlog(directory.name, directory, records, pending, len(found), oldest, rejected)
 
     def _count(self, segment: Path, offset: int, size: int) -> int:
         cached = self._cache.get(segment)
         if cached is not None and cached[0] == offset and cached[1] <= size:
             count = cached[2] + (_lines_between(segment, cached[1], size) if size > cached[1] else 0)
         else:
-            count = spool_mod._count_lines(segment, offset) if size > offset else 0
+            count = segments.count_lines(segment, offset) if size > offset else 0
         self._cache[segment] = (offset, size, count)
         return count
 
@@ -113,7 +112,7 @@ def _lines_between(segment: Path, start: int, end: int) -> int:
 
 def _first_time(segment: Path, offset: int) -> float | None:
     """Time of the first waiting record of *segment*; the segment's creation (in its name) as a fallback."""
-    chunk = spool_mod._read_lines(segment, offset, 1, complete_only=False)
+    chunk = segments.read_lines(segment, offset, 1, complete_only=False)
     for record in chunk.records:
         if record.ts > 0:
             return record.ts
