@@ -35,7 +35,7 @@ class Backlog:
     segments: int
     #: Epoch seconds of the oldest waiting record (its Time; the segment's creation when unreadable).
     oldest: float | None
-    #: Records moved aside to ``rejected/`` (refused again and again), waiting for ``logpipe replay``.
+    #: Dead letters in ``rejected.ndjson`` (refused again and again), waiting for ``logpipe replay``.
     rejected: int
 
     def age(self, now: float | None = None) -> float:
