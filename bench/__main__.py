@@ -27,6 +27,7 @@ WORKLOADS = [
     ("tail_throughput", "bench.tail_throughput"),
     ("memory_outage", "bench.memory_outage"),
     ("latency_to_search", "bench.latency_to_search"),
+    ("peers_file_kafka", "bench.peers_file_kafka"),
 ]
 KEYS = [k for k, _ in WORKLOADS]
 
