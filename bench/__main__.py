@@ -28,6 +28,8 @@ WORKLOADS = [
     ("memory_outage", "bench.memory_outage"),
     ("latency_to_search", "bench.latency_to_search"),
     ("peers_file_kafka", "bench.peers_file_kafka"),
+    ("es_ceiling", "bench.es_ceiling"),
+    ("peers_kafka_es", "bench.peers_kafka_es"),
 ]
 KEYS = [k for k, _ in WORKLOADS]
 
