@@ -30,6 +30,7 @@ WORKLOADS = [
     ("peers_file_kafka", "bench.peers_file_kafka"),
     ("es_ceiling", "bench.es_ceiling"),
     ("peers_kafka_es", "bench.peers_kafka_es"),
+    ("ship_scale", "bench.ship_scale"),
 ]
 KEYS = [k for k, _ in WORKLOADS]
 
