@@ -16,6 +16,7 @@ the denominator of the ship rows (``peers_kafka_es``).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import queue
 import threading
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 from .common import ES_URL, Context, Section, fmt_num, require_es, require_module, unique
 
 KEY = "es_ceiling"
-TITLE = "9. Elasticsearch raw bulk ceiling (pre-serialised bodies, concurrent requests)"
+TITLE = "8. Elasticsearch raw bulk ceiling (pre-serialised bodies, concurrent requests)"
 START = 100
 MIN_GAIN = 0.03
 THREADS = 4
@@ -80,7 +81,9 @@ def bodies(records: Sequence[Any], prefix: str, batch: int) -> list[bytes]:
     for i in range(0, len(records), batch):
         lines = []
         for r in records[i : i + batch]:
-            lines.append(b'{"create":{"_index":"%s","_id":"%s"}}\n' % (es.index_name(prefix, r.ts).encode(), r.id.encode()))
+            lines.append(
+                b'{"create":{"_index":"%s","_id":"%s"}}\n' % (es.index_name(prefix, r.ts).encode(), r.id.encode())
+            )
             lines.append(r.payload + b"\n")
         out.append(b"".join(lines))
     return out
@@ -123,10 +126,8 @@ def post_all(payloads: Sequence[bytes], threads: int, url: str = ES_URL) -> tupl
     pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
     for t in pool:
         t.start()
-    try:
+    with contextlib.suppress(threading.BrokenBarrierError):
         start.wait()
-    except threading.BrokenBarrierError:
-        pass
     t0 = time.perf_counter()
     for t in pool:
         t.join()

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -54,9 +55,7 @@ def missing_packages() -> list[str]:
 
 def package_version(package: str) -> str:
     try:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, timeout=30
-        )
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "not installed"
@@ -191,10 +190,8 @@ class Watched:
         """Wait for the process (after sending *sig*, if given) and reap it with its rusage."""
         done_at = time.perf_counter()
         if sig is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + timeout
         while True:
             pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
@@ -216,10 +213,8 @@ class Watched:
 
     def kill(self) -> None:
         if self.proc.returncode is None:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 self.finish(5, signal.SIGKILL)
-            except ChildProcessError:
-                pass
 
 
 def _high_water_mark(pid: int) -> int:
@@ -248,8 +243,8 @@ def _array(values: Sequence[str]) -> str:
 def _preamble(work: Path) -> str:
     # Internal messages (errors of the modules) go to a file in the work directory, for the report.
     return (
-        f"global(workDirectory={_quote(str(work))} maxMessageSize=\"64k\")\n"
-        f"*.* action(type=\"omfile\" file={_quote(str(work / 'rsyslog.log'))})\n"
+        f'global(workDirectory={_quote(str(work))} maxMessageSize="64k")\n'
+        f'*.* action(type="omfile" file={_quote(str(work / "rsyslog.log"))})\n'
     )
 
 
@@ -298,8 +293,8 @@ def rsyslog_kafka_to_es(
         + 'template(name="doc" type="string" string="%msg%")\n'
         + f'template(name="index" type="string" string={_quote(index)})\n'
         + 'template(name="id" type="string" string="%$!Id%")\n'
-        + f"input(type=\"imkafka\" topic={_quote(topic)} broker={_array(bootstrap.split(','))} "
-        + f'consumergroup={_quote(group)}\n'
+        + f'input(type="imkafka" topic={_quote(topic)} broker={_array(bootstrap.split(","))} '
+        + f"consumergroup={_quote(group)}\n"
         + '      confParam=["auto.offset.reset=earliest"] ruleset="toes")\n'
         + 'ruleset(name="toes") {\n'
         + '  action(type="mmjsonparse" cookie="" useRawMsg="on")\n'
@@ -390,9 +385,7 @@ def topic_count(topic: str, expected: int, timeout: float = 120.0) -> tuple[int,
             total += len(got)
             if got:
                 idle_since = time.monotonic()
-            elif total >= expected and time.monotonic() - idle_since > 1.0:
-                break
-            elif time.monotonic() - idle_since > 10.0:
+            elif total >= expected and time.monotonic() - idle_since > 1.0 or time.monotonic() - idle_since > 10.0:
                 break
         return total, len(seen)
     finally:

@@ -52,7 +52,7 @@ from .kafka_throughput import _delete_topic, make_records
 from .ship_throughput import logpipe_command
 
 KEY = "peers_file_kafka"
-TITLE = "8. File -> Kafka: logpipe tail beside kcat and rsyslog"
+TITLE = "7. File -> Kafka: logpipe tail beside kcat and rsyslog"
 PARTITIONS = 3
 #: make_records' size argument that gives KafkaLog lines of about 344 bytes (the issue's figure).
 RECORD_SIZE = 363
@@ -306,7 +306,10 @@ def _targets(section: Section, figures: dict[str, dict[str, Any]], runs: dict[st
     kcat = figures.get("kcat")
     rsys = figures.get("rsyslog")
     if tail and kcat:
-        per_round = [a.distinct / a.usage.wall / (b.distinct / b.usage.wall) for a, b in zip(runs["tail"], runs["kcat"])]
+        per_round = [
+            a.distinct / a.usage.wall / (b.distinct / b.usage.wall)
+            for a, b in zip(runs["tail"], runs["kcat"], strict=True)
+        ]
         ratio = median(per_round)
         tail["ratio_kcat"] = ratio
         section.targets.append(

@@ -37,7 +37,6 @@ from typing import Any
 
 from . import es_ceiling, peers
 from .common import (
-    ES_URL,
     Context,
     Section,
     Skip,
@@ -56,7 +55,7 @@ from .peers_file_kafka import RECORD_SIZE
 from .ship_throughput import CHUNK, count, drop, prepare_indices, produce, ship_command
 
 KEY = "peers_kafka_es"
-TITLE = "10. Kafka -> Elasticsearch: logpipe ship beside rsyslog and the node's ceiling"
+TITLE = "9. Kafka -> Elasticsearch: logpipe ship beside rsyslog and the node's ceiling"
 PARTITIONS = 3
 
 
@@ -252,7 +251,7 @@ def run(ctx: Context) -> Section:
             continue
         rs = runs[key]
         rates = [x.rate for x in rs]
-        pct = [x.rate / c.rate for x, c in zip(rs, runs["ceiling"])]
+        pct = [x.rate / c.rate for x, c in zip(rs, runs["ceiling"], strict=True)]
         usages = [x.usage for x in rs if x.usage]
         fig = {
             "rate": median(rates),
@@ -301,7 +300,8 @@ def run(ctx: Context) -> Section:
         "rsyslog writes the same documents as logpipe: index `PREFIX-%$!Time:1:4%.%$!Time:6:7%.%$!Time:9:10%` "
         "(the record's `Time`, which logpipe writes in UTC: the same daily index as logpipe's UTC day), `_id` from "
         "`Id` as `create` (a redelivered record is a 409, not a second document), the message's JSON as it came. "
-        "imkafka leaves offset commits to librdkafka's auto-commit timer, independent of whether the documents were indexed (a crash can lose or repeat), "
+        "imkafka leaves offset commits to librdkafka's auto-commit timer, independent of whether the documents were "
+        "indexed (a crash can lose or repeat), "
         "where logpipe ship commits only what Elasticsearch acknowledged."
     )
     section.notes.append(tools.note())

@@ -46,7 +46,7 @@ from .peers_kafka_es import IndexWatch
 from .ship_throughput import CHUNK, count, drop, prepare_indices, produce, ship_command
 
 KEY = "ship_scale"
-TITLE = "11. Scale-out: logpipe ship processes in one consumer group"
+TITLE = "10. Scale-out: logpipe ship processes in one consumer group"
 PARTITIONS = 6
 _INDEXED = re.compile(r"indexed=(\d+) duplicates=(\d+) dead_lettered=(\d+)")
 
@@ -211,8 +211,10 @@ def _distinct_ids(client: Any, prefix: str) -> int:
         aggs={"twice": {"terms": {"field": "Id", "min_doc_count": 2, "size": 10_000}}},
     )
     extra = sum(b["doc_count"] - 1 for b in answer["aggregations"]["twice"]["buckets"])
-    return int(answer["hits"]["total"]["value"]) - extra if answer["hits"]["total"]["relation"] == "eq" else (
-        count(client, prefix) - extra
+    return (
+        int(answer["hits"]["total"]["value"]) - extra
+        if answer["hits"]["total"]["relation"] == "eq"
+        else (count(client, prefix) - extra)
     )
 
 
