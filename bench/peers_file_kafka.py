@@ -55,7 +55,7 @@ KEY = "peers_file_kafka"
 TITLE = "7. File -> Kafka: logpipe tail beside kcat and rsyslog"
 PARTITIONS = 3
 #: make_records' size argument that gives KafkaLog lines of about 344 bytes (the issue's figure).
-RECORD_SIZE = 363
+RECORD_SIZE = 360
 
 
 @dataclass

@@ -218,6 +218,10 @@ def _distinct_ids(client: Any, prefix: str) -> int:
     )
 
 
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
 def _fleet(session_timeout: float) -> tuple[str, Fleet]:
     topic = unique("bench-scale")
     create_topic(topic, PARTITIONS)
@@ -253,7 +257,15 @@ def run(ctx: Context) -> Section:
     section = Section(
         key=KEY,
         title=TITLE,
-        columns=["shippers", "docs/s", "vs 1 shipper", "shippers' CPU s", "indexed", "409s (redelivered)"],
+        columns=[
+            "shippers",
+            "docs/s",
+            "vs 1 shipper",
+            "shippers' CPU s",
+            "indexed",
+            "409s (redelivered)",
+            "rebalance: partitions moved / progress resumed",
+        ],
         quick=ctx.quick,
     )
     one = scale[0]["rate"]
@@ -266,6 +278,7 @@ def run(ctx: Context) -> Section:
                 "shippers' CPU s": f"{row['cpu']:.1f}",
                 "indexed": f"{row['indexed']:,}/{n:,}",
                 "409s (redelivered)": f"{row['duplicates']:,}",
+                "rebalance: partitions moved / progress resumed": "-",
             }
         )
     section.rows.append(
@@ -276,6 +289,8 @@ def run(ctx: Context) -> Section:
             "shippers' CPU s": "-",
             "indexed": f"{fail['indexed']:,}/{n:,} ({fail['distinct']:,} distinct Id)",
             "409s (redelivered)": f"{fail['redelivered']:,}",
+            "rebalance: partitions moved / progress resumed": f"{_secs(fail['assigned_s'])} / "
+            f"{_secs(fail['resumed_s'])} after the kill (session timeout {session_timeout:g} s)",
         }
     )
     lost = n - fail["distinct"]
@@ -287,8 +302,7 @@ def run(ctx: Context) -> Section:
             lost == 0 and duplicated == 0 and fail["indexed"] == n,
         )
     )
-    assigned = "-" if fail["assigned_s"] is None else f"{fail['assigned_s']:.1f} s"
-    resumed = "-" if fail["resumed_s"] is None else f"{fail['resumed_s']:.1f} s"
+    assigned, resumed = _secs(fail["assigned_s"]), _secs(fail["resumed_s"])
     section.notes.append(
         f"{n:,} KafkaLog records of about 344 bytes, a {PARTITIONS}-partition topic, one consumer group; the "
         "shippers are started and the group is stable before the records are produced, so each count is measured "
