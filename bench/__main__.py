@@ -27,6 +27,10 @@ WORKLOADS = [
     ("tail_throughput", "bench.tail_throughput"),
     ("memory_outage", "bench.memory_outage"),
     ("latency_to_search", "bench.latency_to_search"),
+    ("peers_file_kafka", "bench.peers_file_kafka"),
+    ("es_ceiling", "bench.es_ceiling"),
+    ("peers_kafka_es", "bench.peers_kafka_es"),
+    ("ship_scale", "bench.ship_scale"),
 ]
 KEYS = [k for k, _ in WORKLOADS]
 

@@ -1,0 +1,183 @@
+"""The C-peer workloads' logic, without the servers: the doubling search, bulk bodies, rsyslog configs, measuring.
+
+Like test_bench.py these assert structure and behaviour, never timings. The
+workloads themselves (``python -m bench --only peers_file_kafka,es_ceiling,
+peers_kafka_es,ship_scale --quick``) need the broker and the node.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import __main__ as bench_main  # noqa: E402
+from bench import es_ceiling, peers  # noqa: E402
+from bench.common import Skip  # noqa: E402
+
+
+class TestDoublingSearch:
+    def test_stops_at_the_first_step_that_does_not_improve(self) -> None:
+        """100, 200, 400 ... until a step is not better than the best so far; the best is returned."""
+        curve = {100: 10.0, 200: 18.0, 400: 25.0, 800: 24.0, 1600: 40.0}
+        batch, rate, steps = es_ceiling.doubling_search(curve.__getitem__)
+        assert (batch, rate) == (400, 25.0)
+        assert [b for b, _ in steps] == [100, 200, 400, 800]  # 1600 never tried
+
+    def test_a_gain_within_the_noise_stops_the_search(self) -> None:
+        """A step better by less than min_gain is kept as the best but ends the doubling."""
+        curve = {100: 10.0, 200: 10.1, 400: 50.0}
+        batch, rate, steps = es_ceiling.doubling_search(curve.__getitem__, min_gain=0.03)
+        assert (batch, rate) == (200, 10.1)
+        assert len(steps) == 2
+
+    def test_the_limit_bounds_the_batch(self) -> None:
+        """A curve that always improves stops at the limit."""
+        batch, _rate, steps = es_ceiling.doubling_search(float, start=100, limit=1000)
+        assert batch == 800
+        assert [b for b, _ in steps] == [100, 200, 400, 800]
+
+
+class TestBulkBodies:
+    def test_create_actions_with_the_record_id_and_daily_index(self) -> None:
+        """Each body holds *batch* create actions, _id = Id, the index logpipe's shipper would pick."""
+        from bench.kafka_throughput import make_records
+
+        from logpipe import elasticsearch as es
+
+        records = make_records(5)
+        payloads = es_ceiling.bodies(records, "bench-x", 2)
+        assert len(payloads) == 3
+        lines = b"".join(payloads).splitlines()
+        assert len(lines) == 10
+        for action, source, record in zip(lines[::2], lines[1::2], records, strict=True):
+            meta = json.loads(action)["create"]
+            assert meta == {"_index": es.index_name("bench-x", record.ts), "_id": record.id}
+            assert source == record.payload
+
+    def test_post_all_sends_every_body_on_several_connections(self) -> None:
+        """Every body is POSTed to /_bulk once; failed items are counted from the answers."""
+        seen: list[bytes] = []
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    seen.append(body)
+                answer = b'{"errors":true,"items":[{"create":{"error":{"type":"x"}}}]}' if b"bad" in body else b"{}"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            bodies = [f"body {i}\n".encode() for i in range(20)] + [b"bad\n"]
+            seconds, failed = es_ceiling.post_all(bodies, 4, url=f"http://127.0.0.1:{server.server_port}")
+        finally:
+            server.shutdown()
+        assert sorted(seen) == sorted(bodies)
+        assert failed == 1
+        assert seconds > 0
+
+
+class TestRsyslogConfig:
+    def test_file_to_kafka_sends_the_raw_line_with_acks_all(self, tmp_path: Path) -> None:
+        """imfile reads the file, omkafka sends %msg% (the line as is) to the topic with acks=all."""
+        conf = peers.rsyslog_file_to_kafka(tmp_path / "app.jsonl", "t1", tmp_path / "work", "127.0.0.1:19092")
+        assert 'module(load="imfile"' in conf and 'module(load="omkafka")' in conf
+        assert f'file="{tmp_path / "app.jsonl"}"' in conf
+        assert 'string="%msg%"' in conf
+        assert 'topic="t1"' in conf and 'broker=["127.0.0.1:19092"]' in conf
+        assert 'topicConfParam=["acks=all"]' in conf
+        assert f'workDirectory="{tmp_path / "work"}"' in conf
+
+    def test_kafka_to_es_uses_logpipe_index_and_id(self, tmp_path: Path) -> None:
+        """Bulk mode, ES 8, daily index from Time, _id from Id as create, the shipper's batch and workers."""
+        conf = peers.rsyslog_kafka_to_es(
+            "t1", "g1", "logs", tmp_path, batch=500, workers=3, es_url="http://127.0.0.1:19200"
+        )
+        assert 'esVersion.major="8"' in conf and 'bulkmode="on"' in conf
+        assert 'string="logs-%$!Time:1:4%.%$!Time:6:7%.%$!Time:9:10%"' in conf
+        assert 'dynSearchIndex="on"' in conf and 'dynbulkid="on"' in conf and 'string="%$!Id%"' in conf
+        assert 'writeoperation="create"' in conf
+        assert 'server="127.0.0.1" serverport="19200"' in conf
+        assert 'queue.dequeueBatchSize="500"' in conf and 'queue.workerThreads="3"' in conf
+        assert 'consumergroup="g1"' in conf and "auto.offset.reset=earliest" in conf
+
+    def test_quoting(self, tmp_path: Path) -> None:
+        """Quotes and backslashes in values cannot break out of rsyslog's strings."""
+        conf = peers.rsyslog_file_to_kafka(Path('/tmp/a"b\\c'), "t", tmp_path)
+        assert 'file="/tmp/a\\"b\\\\c"' in conf
+
+    @pytest.mark.skipif(shutil.which("rsyslogd") is None, reason="rsyslog not installed (the bench installs it)")
+    def test_rsyslog_accepts_both_configurations(self, tmp_path: Path) -> None:
+        """``rsyslogd -N1`` validates what the bench renders (modules present: rsyslog-kafka, -elasticsearch)."""
+        for name, conf in {
+            "fk": peers.rsyslog_file_to_kafka(tmp_path / "app.jsonl", "t1", tmp_path / "fk"),
+            "ke": peers.rsyslog_kafka_to_es("t1", "g1", "logs", tmp_path / "ke"),
+        }.items():
+            (tmp_path / name).mkdir()
+            path = tmp_path / f"{name}.conf"
+            path.write_text(conf)
+            if peers.missing_packages():
+                pytest.skip(f"missing {peers.missing_packages()}")
+            done = subprocess.run(["rsyslogd", "-N1", "-f", str(path)], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+
+
+class TestTools:
+    def test_a_missing_package_skips_with_the_install_problem(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Rows are skipped only for a package that is absent, and the reason is the install's."""
+        monkeypatch.setattr(peers, "_present", lambda thing: thing != "omkafka.so")
+        tools = peers.Tools(versions={"kcat": "1.7.1-2"}, problem="not root (uid 1000)")
+        tools.require("kcat")
+        with pytest.raises(Skip, match="rsyslog-kafka not installed: not root"):
+            tools.require("rsyslog", "rsyslog-kafka")
+        assert "Could not install" in tools.note() and "`kcat` 1.7.1-2" in tools.note()
+
+
+class TestWatched:
+    @pytest.mark.skipif(
+        importlib.util.find_spec("psutil") is None, reason="psutil: pip install -r bench/requirements.txt"
+    )
+    def test_measures_cpu_wall_and_rss_of_the_whole_tree(self) -> None:
+        """CPU of a child's own child counts (wait4's rusage); the peak RSS is the tree's, not the bench's."""
+        code = (
+            "import subprocess, sys; "
+            "subprocess.run([sys.executable, '-c', 'sum(range(3_000_000)); import time; time.sleep(0.3)']); "
+            "sum(range(3_000_000))"
+        )
+        usage = peers.Watched([sys.executable, "-c", code]).finish(60)
+        assert usage.returncode == 0
+        assert usage.wall > 0.3
+        assert usage.cpu > 0.05
+        assert 1_000_000 < usage.peak_rss < 500 * 1024 * 1024
+
+
+def test_the_new_workloads_are_registered() -> None:
+    """The runner knows the C-peer workloads; each module has a TITLE and run()."""
+    for key in ("peers_file_kafka", "es_ceiling", "peers_kafka_es", "ship_scale"):
+        assert key in bench_main.KEYS
+        module = importlib.import_module(dict(bench_main.WORKLOADS)[key])
+        assert key == module.KEY and module.TITLE and callable(module.run)
+    # the ceiling runs before the ship peers, which reuse its setting
+    assert bench_main.KEYS.index("es_ceiling") < bench_main.KEYS.index("peers_kafka_es")
