@@ -403,7 +403,7 @@ def failure_message(error: BaseException | object, connection: Connection, timeo
     """
     prefix, security = connection.prefix, connection.security
     said = explain(error, prefix, security)
-    if said is not None and " SSL_CAFILE:" not in said:
+    if said is not None and not said.startswith(f"{prefix}SSL_CAFILE:"):  # librdkafka: CA or host name
         return said
     found = probe(connection, timeout) if security.tls or security.sasl else None
     if found is not None:
