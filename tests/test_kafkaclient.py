@@ -9,7 +9,8 @@ import pytest
 
 from logpipe import ConfigError, config
 from logpipe.config import Secret, setting
-from logpipe.kafkaclient import Connection, KafkaSecurity, check_security, explain, kafka_python, librdkafka
+from logpipe.kafkaclient import Connection, KafkaSecurity, check_security, kafka_python, librdkafka
+from logpipe.kafkaerrors import explain
 
 
 def test_servers_from_a_comma_list() -> None:

@@ -19,7 +19,8 @@ import pytest
 from conftest import EsFront, SecureKafka
 from logpipe import elasticsearch as es
 from logpipe.config import Secret
-from logpipe.kafkaclient import Connection, KafkaSecurity, failure_message, kafka_python, librdkafka
+from logpipe.kafkaclient import Connection, KafkaSecurity, kafka_python, librdkafka
+from logpipe.kafkaerrors import failure_message
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
