@@ -11,6 +11,8 @@ that are managed elsewhere.
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -138,3 +140,98 @@ def _isolated_logging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     yield
     logpipe.shutdown(timeout=5.0)
     structlog.reset_defaults()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_script(script: str, command: str, env: dict[str, str], timeout: float = 900) -> dict[str, str]:
+    """Run scripts/<script> <command> with *env*; its ``key=value`` lines as a dict."""
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / script), command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} {command} failed:\n{done.stdout}\n{done.stderr}")
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    """A private broker with secured listeners (scripts/kafka.sh, LOGPIPE_SERVICES_KAFKA_SECURE=1)."""
+
+    plaintext: str  #: PLAINTEXT bootstrap
+    sasl_ssl: str  #: SASL_SSL bootstrap: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    ssl: str  #: SSL bootstrap that requires a client certificate
+    mismatch: str  #: SASL_SSL bootstrap whose certificate names another host
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    client_key_password: str
+    username: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """A broker of the session's own (other ports and state dir: the shared broker is untouched)."""
+    env = {
+        "LOGPIPE_SERVICES_DIR": str(tmp_path_factory.mktemp("secure-broker")),
+        "LOGPIPE_SERVICES_KAFKA_SECURE": "1",
+        "LOGPIPE_SERVICES_KAFKA_PARTITIONS": "1",
+        "LOGPIPE_SERVICES_KAFKA_PORT": str(_free_port()),
+        "LOGPIPE_SERVICES_KAFKA_CONTROLLER_PORT": str(_free_port()),
+        "LOGPIPE_SERVICES_KAFKA_SASL_SSL_PORT": str(_free_port()),
+        "LOGPIPE_SERVICES_KAFKA_SSL_PORT": str(_free_port()),
+        "LOGPIPE_SERVICES_KAFKA_MISMATCH_PORT": str(_free_port()),
+    }
+    out = _run_script("kafka.sh", "start", env)
+    try:
+        yield SecureKafka(
+            plaintext=out["bootstrap"],
+            sasl_ssl=out["secure_bootstrap"],
+            ssl=out["ssl_bootstrap"],
+            mismatch=out["mismatch_bootstrap"],
+            ca=Path(out["ca"]),
+            client_cert=Path(out["client_cert"]),
+            client_key=Path(out["client_key"]),
+            client_key_password=out["client_key_password"],
+            username=out["sasl_username"],
+            password=out["sasl_password"],
+        )
+    finally:
+        _run_script("kafka.sh", "wipe", env)
+
+
+@dataclass(frozen=True)
+class EsFront:
+    """nginx with TLS, basic auth and an API-key check in front of the Elasticsearch node (scripts/es-front.sh)."""
+
+    url: str
+    ca: Path
+    user: str
+    password: str
+    api_key: str
+
+
+@pytest.fixture(scope="session")
+def es_front(es_service: Service) -> Iterator[EsFront]:
+    """The front on a free port, before the session's Elasticsearch node; its state under .services/."""
+    env = {
+        # Not a pytest temp dir: those are private (0700) and nginx's workers run as nobody under root.
+        "LOGPIPE_SERVICES_DIR": str(REPO / ".services" / f"test-{os.getpid()}"),
+        "LOGPIPE_SERVICES_ES_FRONT_PORT": str(_free_port()),
+        "LOGPIPE_SERVICES_ES_FRONT_UPSTREAM": es_service.address,
+    }
+    out = _run_script("es-front.sh", "start", env)
+    try:
+        yield EsFront(out["url"], Path(out["ca"]), out["user"], out["password"], out["api_key"])
+    finally:
+        _run_script("es-front.sh", "wipe", env)
+        shutil.rmtree(env["LOGPIPE_SERVICES_DIR"], ignore_errors=True)

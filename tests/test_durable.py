@@ -36,7 +36,7 @@ def test_append_creates_parents_and_appends(tmp_path: Path) -> None:
     durable.append(path, b"one\n")
     durable.append(path, b"two\n")
     assert path.read_bytes() == b"one\ntwo\n"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~_umask()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 & ~_umask()  # log data: the owner only
 
 
 def test_replace_swaps_the_content_and_leaves_no_temp_file(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from .exceptions import ConfigError
 __all__ = [
     "CORE_PREFIX",
     "Overflow",
+    "Secret",
     "Settings",
     "SettingDoc",
     "at_least",
@@ -42,6 +43,46 @@ CORE_PREFIX = "LOGPIPE_"
 Overflow = Literal["block", "drop_newest", "drop_oldest", "spill"]
 
 Check = Callable[[Any], "str | None"]
+
+
+class Secret:
+    """A setting's value that must never be printed: a password, a key's passphrase, an API key.
+
+    ``str``, ``repr`` and f-strings show ``***``; `reveal` gives the value to
+    the one place that hands it to a client library. Equal to another
+    `Secret` with the same value, so settings objects still compare.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = str(value)
+
+    def reveal(self) -> str:
+        """The value itself, for the client library only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __format__(self, spec: str) -> str:
+        return format("***", spec)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        # Settings travel to an exporter's child process by pickle.
+        return (Secret, (self._value,))
 
 
 def setting(default: Any, help: str, *, check: Check | None = None) -> Any:
@@ -111,11 +152,12 @@ def load(
             raw, source = environ[var], var
         else:
             continue
-        value = _coerce(raw, hints[field.name], source)
+        shown = "'***'" if _is_secret(hints[field.name]) else repr(raw)
+        value = _coerce(raw, hints[field.name], source, shown)
         check = field.metadata.get("check")
         problem = check(value) if check else None
         if problem:
-            raise ConfigError(f"{source}={raw!r}: {problem}")
+            raise ConfigError(f"{source}={shown}: {problem}")
         values[field.name] = value
     return cls(**values)
 
@@ -128,6 +170,8 @@ def describe(cls: type, prefix: str) -> list[SettingDoc]:
         default = field.default
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
+        if isinstance(default, Secret):
+            default = "***"
         rows.append(
             SettingDoc(
                 env=env_name(prefix, field.name),
@@ -139,11 +183,15 @@ def describe(cls: type, prefix: str) -> list[SettingDoc]:
     return rows
 
 
-def _coerce(raw: Any, hint: Any, source: str) -> Any:
+def _coerce(raw: Any, hint: Any, source: str, shown: str) -> Any:
     try:
         return _parse(raw, hint)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}={raw!r}: expected {_type_name(hint)} ({exc})") from None
+        raise ConfigError(f"{source}={shown}: expected {_type_name(hint)} ({exc})") from None
+
+
+def _is_secret(hint: Any) -> bool:
+    return hint is Secret or Secret in typing.get_args(hint)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -155,6 +203,8 @@ def _parse(raw: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     if origin in (Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
+        if inner[0] is Secret and isinstance(raw, str) and raw:
+            return Secret(raw)  # a password may be spelled "none"
         if raw is None or (isinstance(raw, str) and raw.strip() in ("", "none")):
             return None
         return _parse(raw, inner[0])
@@ -183,6 +233,8 @@ def _parse(raw: Any, hint: Any) -> Any:
         return float(str(raw).strip())
     if hint is Path:
         return Path(raw).expanduser()
+    if hint is Secret:
+        return raw if isinstance(raw, Secret) else Secret(str(raw))
     if hint is str:
         return str(raw)
     raise TypeError(f"unsupported setting type {hint!r}")
@@ -197,6 +249,8 @@ def _type_name(hint: Any) -> str:
         return " / ".join(map(str, args))
     if origin is tuple:
         return "comma list"
+    if hint is Secret:
+        return "secret"
     return getattr(hint, "__name__", str(hint))
 
 

@@ -55,6 +55,8 @@ class DispatchStats:
     """Counters of one dispatcher, as of one moment.
 
     ``submitted = sent + spilled + failed + dropped + queued + in_flight``.
+    ``waiting`` is apart from that sum: records in the fallback spool (of
+    this process and earlier ones) not yet replayed into the exporter.
     """
 
     exporter: str
@@ -65,6 +67,7 @@ class DispatchStats:
     failed: int
     queued: int
     in_flight: int
+    waiting: int = 0
 
 
 class Dispatcher:
@@ -195,6 +198,7 @@ class Dispatcher:
             self.fallback.shutdown(max(0.0, deadline - time.monotonic()))
 
     def stats(self) -> DispatchStats:
+        waiting = self._waiting()
         with self._lock:
             return DispatchStats(
                 exporter=self.name,
@@ -205,7 +209,17 @@ class Dispatcher:
                 failed=self._failed,
                 queued=len(self._queue),
                 in_flight=self._in_flight,
+                waiting=waiting,
             )
+
+    def _waiting(self) -> int:
+        """Records waiting in the fallback for later delivery; 0 when it cannot be read."""
+        if self.fallback is None:
+            return 0
+        try:
+            return self.fallback.backlog()
+        except Exception:  # a stats call never raises for a spool being rewritten underneath
+            return 0
 
     # -- the worker's side --------------------------------------------------------
 

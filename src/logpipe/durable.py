@@ -6,7 +6,9 @@ need the same steps in the same order (write everything, fsync, and for a
 replacement rename and fsync the directory). Written out once, a fix to
 one of those steps reaches every caller.
 
-Files are created with mode 0o644 (before the umask). Errors are raised as
+Files are created with mode 0600 and directories with 0700 (before the
+umask): spools, registries and dead letters hold log data, which holds what
+applications should not have logged; only the user that runs logpipe reads them. Errors are raised as
 `OSError` to the caller, except where noted: an fsync of a directory is
 best effort, since some file systems refuse to open or sync one.
 """
@@ -16,9 +18,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["append", "fsync_dir", "replace", "write_all"]
+__all__ = ["DIR_MODE", "FILE_MODE", "append", "fsync_dir", "make_dirs", "replace", "write_all"]
 
-FILE_MODE = 0o644
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -35,7 +38,7 @@ def append(path: Path, data: bytes) -> None:
     before anyone counts them as handled. O_APPEND keeps concurrent writers'
     appends whole.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     _write_synced(path, os.O_APPEND | os.O_CREAT, data)
 
 
@@ -61,6 +64,11 @@ def _write_synced(path: Path, flags: int, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(directory: Path) -> None:
+    """Create *directory* (mode 0700) and its missing parents; an existing one is left as it is."""
+    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
 
 def fsync_dir(directory: Path) -> None:

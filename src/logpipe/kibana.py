@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .config import at_least, setting
+from .config import Secret, at_least, setting
 from .exceptions import ConfigError
 
 __all__ = [
@@ -66,9 +66,9 @@ class KibanaOptions:
 
     url: str = setting("http://127.0.0.1:5601", "Kibana URL, with its base path if it has one.", check=_check_url)
     space: str = setting("", "Kibana space to import into (empty: the default space).", check=_check_space)
-    api_key: str | None = setting(None, "API key (the base64 'id:api_key' form); wins over username.")
+    api_key: Secret | None = setting(None, "API key (the base64 'id:api_key' form); wins over username.")
     username: str | None = setting(None, "Basic auth user (needs PASSWORD).")
-    password: str | None = setting(None, "Basic auth password.")
+    password: Secret | None = setting(None, "Basic auth password (never printed).")
     ca_certs: Path | None = setting(None, "CA bundle (PEM) to verify an https:// Kibana with.")
     verify_certs: bool = setting(True, "Verify TLS certificates (false only for throwaway setups).")
     timeout: float = setting(30.0, "Seconds the import request may take.", check=at_least(0.1))
@@ -170,9 +170,10 @@ def _headers(options: KibanaOptions) -> dict[str, str]:
 
     headers = {"kbn-xsrf": "logpipe", "Accept": "application/json"}
     if options.api_key:
-        headers["Authorization"] = f"ApiKey {options.api_key}"
+        headers["Authorization"] = f"ApiKey {options.api_key.reveal()}"
     elif options.username:
-        headers.update(urllib3.make_headers(basic_auth=f"{options.username}:{options.password or ''}"))
+        password = options.password.reveal() if options.password else ""
+        headers.update(urllib3.make_headers(basic_auth=f"{options.username}:{password}"))
     return headers
 
 

@@ -31,6 +31,7 @@ from .exporters.base import Exporter, Serialized
 from .exporters.process import isolate
 from .record import Record
 from .redact import Redactor
+from .report import Reporter
 
 __all__ = ["Pipeline", "configure", "current", "flush", "processors", "send", "shutdown", "stats"]
 
@@ -96,6 +97,8 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         for dispatcher in self.dispatchers:
             dispatcher.shutdown(max(0.0, deadline - time.monotonic()))
+        for dispatcher in self.dispatchers:
+            _tell_what_is_left(dispatcher)
 
     def describe(self) -> list[str]:
         lines = []
@@ -163,6 +166,29 @@ class Pipeline:
                 )
             )
         return cls(dispatchers, settings)
+
+
+def _tell_what_is_left(dispatcher: Dispatcher) -> None:
+    """One stderr line when records were not delivered by shutdown: how many, where, and how they will go.
+
+    A short job that ends during an outage leaves its records in the spool;
+    without this line nothing would tell the user that they wait there.
+    """
+    stats = dispatcher.stats()
+    lost = stats.queued + stats.in_flight
+    if lost:
+        _exit_report(
+            f"{dispatcher.name}: {lost:,} record(s) still queued when the shutdown timeout "
+            f"(LOGPIPE_SHUTDOWN_TIMEOUT) ran out were not delivered",
+            force=True,
+        )
+    if stats.waiting and dispatcher.fallback is not None:
+        hint = dispatcher.fallback.backlog_hint()
+        _exit_report(f"{dispatcher.name}: {stats.waiting:,} record(s) wait {hint}".rstrip(), force=True)
+
+
+#: The exit lines: forced (each is said once per shutdown), never through logging.
+_exit_report = Reporter()
 
 
 def chain_processors(
@@ -282,7 +308,13 @@ def stats() -> dict[str, DispatchStats]:
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Deliver everything logged so far; True when done within *timeout*."""
+    """Hand everything logged so far to its destination; True when done within *timeout*.
+
+    True means each record is either delivered (the exporter acknowledged
+    it) or durably in the fallback spool, from which it is replayed later
+    (``logpipe.stats()[name].waiting`` says how many wait there); False means
+    some record is still queued or in flight after *timeout*.
+    """
     return _current.force_flush(timeout) if _current is not None else True
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import logpipe
 from logpipe import elasticsearch as es
+from logpipe.config import Secret
 from logpipe.exceptions import ConfigError
 from logpipe.exporters.elasticsearch import ElasticsearchExporter
 
@@ -54,11 +55,13 @@ class TestOptions:
         ca = tmp_path / "ca.pem"
         ca.write_text("not checked until a TLS handshake\n")
         options = es.ElasticsearchOptions(
-            hosts=("https://es.example:9243",), username="u", password="p", ca_certs=ca, timeout=3.0
+            hosts=("https://es.example:9243",), username="u", password=Secret("p"), ca_certs=ca, timeout=3.0
         )
         client = es.make_client(options)
         node = client.transport.node_pool.get()
         assert node.config.scheme == "https" and node.config.ca_certs == str(ca)
         assert client._headers["authorization"].startswith("Basic ")
-        keyed = es.make_client(es.ElasticsearchOptions(api_key="aWQ6a2V5"))
+        keyed = es.make_client(es.ElasticsearchOptions(api_key=Secret("aWQ6a2V5")))
         assert keyed._headers["authorization"] == "ApiKey aWQ6a2V5"
+        assert "aWQ6a2V5" not in repr(keyed_options := es.ElasticsearchOptions(api_key=Secret("aWQ6a2V5")))
+        assert "p'" not in repr(options) and keyed_options.api_key is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -178,11 +179,15 @@ class TestReplayCommand:
         assert Spool(tmp_path / "spool" / "kafka").stats().segments == 0
 
     def test_exits_non_zero_when_records_cannot_be_sent(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        """An exporter that keeps failing: the command gives up after --timeout, reports, exits 1."""
+        """An exporter that keeps failing (a broker nobody runs): the command gives up after --timeout, exits 1."""
         Spool(tmp_path).append([r.payload for r in records(5)])
-        monkeypatch.setenv("LOGPIPE_MEMORY_FAIL", "true")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        monkeypatch.setenv("LOGPIPE_KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{closed}")
+        monkeypatch.setenv("LOGPIPE_KAFKA_CONNECT_TIMEOUT", "0.2")
         result = CliRunner().invoke(
-            main, ["replay", str(tmp_path), "-e", "memory", "--timeout", "0.2", "--interval", "0.05"]
+            main, ["replay", str(tmp_path), "-e", "kafka", "--timeout", "0.5", "--interval", "0.05"]
         )
         assert result.exit_code == 1, result.output
         assert "still pending" in result.output
@@ -195,7 +200,7 @@ class TestReplayCommand:
         assert lock.acquire()
         other = DirectoryLock(tmp_path)
         try:
-            result = CliRunner().invoke(main, ["replay", str(tmp_path), "-e", "memory"])
+            result = CliRunner().invoke(main, ["replay", str(tmp_path), "-e", "file"])
         finally:
             lock.release()
         assert result.exit_code != 0

@@ -29,7 +29,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import deadletter, plugins
+from .. import deadletter, durable, plugins
 from ..backoff import Backoff
 from ..exceptions import ConfigError
 from ..exporters.base import Exporter
@@ -213,7 +213,7 @@ def _stage_dead_letters(console: Console, path: Path) -> Path:
             spool.append(originals[start : start + 4096])
     finally:
         spool.close()
-    temp.mkdir(exist_ok=True)
+    durable.make_dirs(temp)
     os.rename(temp, staging)
     console.print(f"{len(originals)} dead letter(s) from {path} staged in {staging}")
     return staging

@@ -17,8 +17,10 @@ from rich.text import Text
 from .. import config, metrics
 from ..exceptions import ConfigError
 from ..exporters.spool import SpoolOptions
+from ..kafkaerrors import failure_message
 from ..ship import CLIENTS, ShipOptions, Shipper, ShipStats, load_options
-from . import progress
+from ..ship.options import kafka_connection
+from . import kafka_flags, progress
 
 #: Where --metrics-address is also read from.
 METRICS_ENV = "LOGPIPE_SHIP_METRICS_ADDRESS"
@@ -44,6 +46,7 @@ _FLAGS = {
     "status_interval": "--status-interval",
     "status_file": "--status-file",
     "kafka_client": "--kafka-client",
+    **kafka_flags.FLAGS,
 }
 
 
@@ -102,6 +105,7 @@ _FLAGS = {
     type=click.Choice(["auto", *CLIENTS]),
     help="Client library that consumes (default auto: confluent-kafka when installed) [LOGPIPE_SHIP_KAFKA_CLIENT].",
 )
+@kafka_flags.security_options("LOGPIPE_SHIP_")
 @progress.metrics_option(METRICS_ENV)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; errors and the summary still go to stderr.")
 def ship(quiet: bool, metrics_address: str | None, **flags: Any) -> None:
@@ -145,7 +149,7 @@ def ship(quiet: bool, metrics_address: str | None, **flags: Any) -> None:
     except _kafka_errors() as exc:
         servers = ",".join(options.bootstrap_servers)
         raise click.ClickException(
-            f"Kafka at {servers} (--bootstrap-servers / LOGPIPE_SHIP_BOOTSTRAP_SERVERS): {exc}"
+            f"Kafka at {servers} (--bootstrap-servers / LOGPIPE_SHIP_BOOTSTRAP_SERVERS): {_why(exc, options)}"
         ) from exc
     finally:
         if server is not None:
@@ -161,6 +165,14 @@ def _spool_root() -> Path | None:
         return Path(config.load(SpoolOptions, "LOGPIPE_SPOOL_").dir)
     except ConfigError:
         return None
+
+
+def _why(exc: BaseException, options: ShipOptions) -> str:
+    """The Kafka failure in words; with TLS or SASL, the setting to fix (never a secret)."""
+    connection = kafka_connection(options, "logpipe-shipper")
+    if not (connection.security.tls or connection.security.sasl):
+        return str(exc)
+    return failure_message(exc, connection)
 
 
 def _kafka_errors() -> tuple[type[BaseException], ...]:

@@ -16,7 +16,7 @@ from rich.text import Text
 from .. import metrics
 from ..exceptions import ConfigError
 from ..tail import Tailer, TailOptions, TailStats, load_options
-from . import progress
+from . import kafka_flags, progress
 
 __all__ = ["tail"]
 
@@ -37,7 +37,7 @@ _FLAGS = {
 }
 
 #: Kafka exporter setting -> the flag of this command that sets it.
-_KAFKA_FLAGS = {"topic": "--topic", "bootstrap_servers": "--bootstrap-servers"}
+_KAFKA_FLAGS = {"topic": "--topic", "bootstrap_servers": "--bootstrap-servers", **kafka_flags.FLAGS}
 
 
 @click.command()
@@ -66,6 +66,7 @@ _KAFKA_FLAGS = {"topic": "--topic", "bootstrap_servers": "--bootstrap-servers"}
 @click.option(
     "--status-file", help="JSON status rewritten each interval, for `logpipe health` [LOGPIPE_TAIL_STATUS_FILE]."
 )
+@kafka_flags.security_options("LOGPIPE_KAFKA_")
 @progress.metrics_option(METRICS_ENV)
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; errors and the summary still go to stderr.")
 def tail(
@@ -87,10 +88,10 @@ def tail(
     finished and the registry written; a second signal exits at once (what
     was not acknowledged is read again next time).
     """
+    kafka: dict[str, Any] = kafka_flags.take_security(flags)
     overrides = {name: value for name, value in flags.items() if value is not None}
     if paths:
         overrides["paths"] = paths
-    kafka: dict[str, Any] = {}
     if topic:
         kafka["topic"] = topic
     if bootstrap_servers:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from ..backoff import Backoff
-from ..config import at_least, setting
+from ..config import Secret, at_least, setting
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -81,9 +81,11 @@ class ElasticsearchOptions:
     index_prefix: str = setting(
         "logpipe", "Daily indices are <prefix>-YYYY.MM.dd (event time, UTC).", check=_check_prefix
     )
-    api_key: str | None = setting(None, "API key (the base64 'id:api_key' form); wins over username.")
+    api_key: Secret | None = setting(
+        None, "API key (the base64 'id:api_key' form); wins over username (never printed)."
+    )
     username: str | None = setting(None, "Basic auth user (needs PASSWORD).")
-    password: str | None = setting(None, "Basic auth password.")
+    password: Secret | None = setting(None, "Basic auth password (never printed).")
     ca_certs: Path | None = setting(None, "CA bundle (PEM) to verify https:// nodes with.")
     verify_certs: bool = setting(True, "Verify TLS certificates (false only for throwaway clusters).")
     timeout: float = setting(10.0, "Seconds one HTTP request may take.", check=at_least(0.1))
@@ -150,9 +152,9 @@ def make_client(options: ElasticsearchOptions) -> Elasticsearch:
         "retry_on_timeout": len(options.hosts) > 1,
     }
     if options.api_key:
-        kwargs["api_key"] = options.api_key
+        kwargs["api_key"] = options.api_key.reveal()
     elif options.username:
-        kwargs["basic_auth"] = (options.username, options.password or "")
+        kwargs["basic_auth"] = (options.username, options.password.reveal() if options.password else "")
     if any(h.lower().startswith("https://") for h in options.hosts):
         if options.ca_certs is not None:
             kwargs["ca_certs"] = str(options.ca_certs)

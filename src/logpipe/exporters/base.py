@@ -117,6 +117,14 @@ class Exporter(abc.ABC):
         """Where records go, for humans (``logpipe demo`` prints it)."""
         return type(self).__name__
 
+    def backlog(self) -> int:
+        """Records this exporter holds for later delivery (a spool's waiting records); 0 for most."""
+        return 0
+
+    def backlog_hint(self) -> str:
+        """Where the `backlog` waits and how to send it now, for the line printed at exit; "" for most."""
+        return ""
+
 
 class Serialized(Exporter):
     """Wraps an exporter so calls from several threads take turns.
@@ -155,3 +163,9 @@ class Serialized(Exporter):
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    def backlog(self) -> int:
+        return self.inner.backlog()
+
+    def backlog_hint(self) -> str:
+        return self.inner.backlog_hint()

@@ -44,6 +44,7 @@ import kafka.errors
 from kafka import KafkaProducer
 
 from .. import _kafka_compat as compat
+from ..kafkaerrors import failure_message
 from ..record import Record
 from .base import Done, Exporter, ExportResult, Outcome, PartialFailure, Pending
 from .kafka_options import Compression, KafkaOptions, KeyChoice, connection, key_function, producer_config
@@ -79,7 +80,8 @@ class KafkaExporter(Exporter):
     def __init__(self, options: KafkaOptions | None = None) -> None:
         super().__init__(options)
         self._config = producer_config(self.options)
-        self._addresses = connection(self.options).addresses()
+        self._connection = connection(self.options)
+        self._addresses = self._connection.addresses()
         self._key = key_function(self.options.key)
         self.max_in_flight = self.options.in_flight_batches
         self._init_state()
@@ -182,13 +184,21 @@ class KafkaExporter(Exporter):
                 return None
             try:
                 producer = KafkaProducer(**self._config)
-            except Exception as exc:  # NoBrokersAvailable, bootstrap timeout, ...
-                self._breaker.trip(f"cannot create producer: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # NoBrokersAvailable, bootstrap timeout, a refused TLS or SASL handshake ...
+                self._breaker.trip(f"cannot create producer: {self._why(exc)}")
                 return None
             compat.unregister_atexit(producer)  # shutdown() closes it, after logpipe's final flush
             self._producer = producer
             self._producers += 1
             return producer
+
+    def _why(self, exc: BaseException) -> str:
+        """Why the producer could not be made; with TLS or SASL, the setting to fix (kafka-python words
+        a wrong password, an untrusted CA and a host name mismatch all as "unable to bootstrap")."""
+        security = self._connection.security
+        if not (security.tls or security.sasl):
+            return f"{type(exc).__name__}: {exc}"
+        return failure_message(exc, self._connection, timeout=self.options.connect_timeout)
 
     def _send(self, producer: Any, batch: Sequence[Record]) -> tuple[list[Any], BaseException | None]:
         """Hand the batch to the producer; stop at the first record it will not take."""

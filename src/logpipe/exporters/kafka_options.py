@@ -19,7 +19,7 @@ import kafka.codec
 
 from ..config import at_least, setting
 from ..exceptions import ConfigError
-from ..kafkaclient import Connection, kafka_python
+from ..kafkaclient import Connection, KafkaSecurity, kafka_python
 from ..record import Record
 
 __all__ = ["CODECS", "Compression", "KafkaOptions", "KeyChoice", "connection", "key_function", "producer_config"]
@@ -40,7 +40,9 @@ CODECS: dict[str, tuple[str, Callable[[], bool]]] = {
 
 
 @dataclass(frozen=True)
-class KafkaOptions:
+class KafkaOptions(KafkaSecurity):
+    """``LOGPIPE_KAFKA_*``: the security group (`KafkaSecurity`, shared with ship) and the producer's own."""
+
     bootstrap_servers: str = setting("127.0.0.1:9092", "Comma list of host:port brokers to bootstrap from.")
     topic: str = setting("logpipe", "Topic every record is sent to (the seed design uses msproject_log).")
     key: KeyChoice = setting(
@@ -84,7 +86,7 @@ class KafkaOptions:
 
 def connection(o: KafkaOptions) -> Connection:
     """How to reach the cluster of *o*; `ConfigError` naming LOGPIPE_KAFKA_BOOTSTRAP_SERVERS when malformed."""
-    return Connection.of(o.bootstrap_servers, o.client_id, variable=SERVERS_VARIABLE)
+    return Connection.of(o.bootstrap_servers, o.client_id, variable=SERVERS_VARIABLE, security=o)
 
 
 def producer_config(o: KafkaOptions) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from ..backoff import Backoff
 from ..config import at_least, setting
 from ..record import Record
 from ..spool import DirectoryLock, FsyncPolicy, FullPolicy, Replayer, Spool, SpoolStats, Step, report
+from ..spool.backlog import SpoolCounter
 from .base import Exporter, ExportResult
 
 __all__ = ["DEFAULT_DIR", "SpoolExporter", "SpoolOptions"]
@@ -84,6 +85,7 @@ class SpoolExporter(Exporter):
         self.primary_name = ""
         self.spool = self._make_spool()
         self._lock = DirectoryLock(self.directory)
+        self._counter = SpoolCounter()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -134,6 +136,17 @@ class SpoolExporter(Exporter):
         self._lock = DirectoryLock(self.directory)
         if self.options.replay:
             self._start_replay()
+
+    def backlog(self) -> int:
+        """Records waiting in this spool directory (written by any process), counted incrementally."""
+        return self._counter.backlog(self.directory).records
+
+    def backlog_hint(self) -> str:
+        into = f" --exporter {self.primary_name}" if self.primary_name else ""
+        return (
+            f"in {self.directory.resolve()}; they are sent when the application starts again, "
+            f"or now with: logpipe replay {self.directory.resolve()}{into}"
+        )
 
     def stats(self) -> SpoolStats:
         return self.spool.stats()

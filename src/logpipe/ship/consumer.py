@@ -203,9 +203,10 @@ ConsumerFactory = Callable[[Rebalance, Rebalance, Callable[[str], None]], Consum
 
 def kafka_consumer(options: ShipOptions, client: str) -> ConsumerFactory:
     """The shipper's default `ConsumerFactory`: *client* (a `resolve_client` answer) configured from *options*."""
-    variable = "LOGPIPE_SHIP_BOOTSTRAP_SERVERS"
+    from .options import kafka_connection  # options imports this module (resolve_client)
+
     settings = ConsumerSettings(
-        connection=Connection.of(options.bootstrap_servers, f"logpipe-shipper-{options.group_id}", variable=variable),
+        connection=kafka_connection(options, f"logpipe-shipper-{options.group_id}"),
         group_id=options.group_id,
         topics=options.topics,
         pattern=options.pattern,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import deadletter, kafkaclient
 from ..deadletter import DeadLetter
 from .consumer import Message
-from .options import ENV_PREFIX, ShipOptions
+from .options import ENV_PREFIX, ShipOptions, kafka_connection
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
@@ -112,7 +112,5 @@ def open_sink(options: ShipOptions, timeout: float) -> DeadLetterSink:
     variable = f"{ENV_PREFIX}DEAD_LETTER"
     if options.dead_letter.startswith("file:"):
         return FileSink(options.dead_letter[5:], variable)
-    connection = kafkaclient.Connection.of(
-        options.bootstrap_servers, "logpipe-shipper-dlq", variable=f"{ENV_PREFIX}BOOTSTRAP_SERVERS"
-    )
+    connection = kafka_connection(options, "logpipe-shipper-dlq")
     return KafkaTopicSink(options.dead_letter, connection, options.max_message_bytes, timeout)

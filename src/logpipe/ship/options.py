@@ -18,6 +18,7 @@ from .. import elasticsearch as es
 from ..config import at_least, setting
 from ..elasticsearch.options import _check_hosts, _check_prefix
 from ..exceptions import ConfigError
+from ..kafkaclient import Connection, KafkaSecurity
 from .consumer import KafkaClient, resolve_client
 
 __all__ = ["ENV_PREFIX", "ShipOptions", "load_options"]
@@ -36,8 +37,8 @@ def _optional_hosts(value: tuple[str, ...]) -> str | None:
 
 
 @dataclass(frozen=True)
-class ShipOptions:
-    """Settings of ``logpipe ship`` (``LOGPIPE_SHIP_*``).
+class ShipOptions(KafkaSecurity):
+    """Settings of ``logpipe ship`` (``LOGPIPE_SHIP_*``); Kafka security is `KafkaSecurity`, as for the exporter.
 
     How to reach Elasticsearch otherwise (auth, TLS, template, analyzer,
     retries) comes from ``LOGPIPE_ELASTICSEARCH_*``, shared with the direct exporter.
@@ -123,6 +124,7 @@ def load_options(
         except re.error as exc:
             raise ConfigError(f"{ENV_PREFIX}PATTERN={ship.pattern!r}: not a regular expression ({exc})") from None
     _check_dead_letter(ship.dead_letter)
+    kafka_connection(ship, "logpipe-shipper")  # bad servers or security settings fail here, naming the variable
     resolve_client(ship.kafka_client, f"{ENV_PREFIX}KAFKA_CLIENT", pattern=ship.pattern)
     es_overrides: dict[str, Any] = {}
     if ship.es_hosts:
@@ -146,3 +148,10 @@ def _check_dead_letter(value: str) -> None:
         raise ConfigError(f"{var}={value!r}: only {{topic}} may be substituted ({exc})") from None
     if not _TOPIC_CHARS.match(sample):
         raise ConfigError(f"{var}={value!r}: not a Kafka topic name (letters, digits, . _ -) nor file:PATH")
+
+
+def kafka_connection(options: ShipOptions, client_id: str) -> Connection:
+    """How the shipper's clients (consumer, dead-letter producer) reach Kafka: servers and security."""
+    return Connection.of(
+        options.bootstrap_servers, client_id, variable=f"{ENV_PREFIX}BOOTSTRAP_SERVERS", security=options
+    )

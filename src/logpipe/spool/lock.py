@@ -6,6 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from .. import durable
 from .segments import LOCK_NAME
 
 try:
@@ -34,8 +35,8 @@ class DirectoryLock:
     def acquire(self) -> bool:
         if self._fd is not None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        durable.make_dirs(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), durable.FILE_MODE)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

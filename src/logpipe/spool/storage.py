@@ -174,12 +174,13 @@ class Spool:
 
     def _open_segment(self) -> None:
         """Create a segment, lock it, then give it its name (so no reader sees it unlocked)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        durable.make_dirs(self.directory)
         ns = max(time.time_ns(), self._last_ns + 1)
         self._last_ns = ns
         name = f"{ns:020d}-{os.getpid()}-{next(self._seq):06d}{SEGMENT_SUFFIX}"
         temp = self.directory / f".{name}.new"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(temp, flags, durable.FILE_MODE)
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
         final = self.directory / name

@@ -94,5 +94,5 @@ class Registry:
             for e in sorted(self.entries.values(), key=lambda e: e.path)
         ]
         data = orjson.dumps({"version": REGISTRY_VERSION, "files": files}, option=orjson.OPT_INDENT_2) + b"\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        durable.make_dirs(self.path.parent)
         durable.replace(self.path, data, temp=self.path.with_name(self.path.name + ".tmp"))
