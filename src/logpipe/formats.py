@@ -71,7 +71,7 @@ _MSG_KEYS = ("Msg", "msg", "message", "event", "body", "log")
 _FUNC_KEYS = ("FuncName", "caller", "func", "source.function", "log.origin.function", "func_name", "funcName")
 _TRACE_KEYS = ("TraceId", "trace_id", "trace.id", "traceId", "traceid")
 _SPAN_KEYS = ("SpanId", "span_id", "span.id", "spanId", "spanid")
-_SERVICE_KEYS = ("Service", "service", "service.name", "name", "logger")
+_SERVICE_KEYS = ("Service", "service.name", "service", "name", "logger")
 _HOST_KEYS = ("Host", "host", "hostname", "host.hostname", "host.name")
 
 
@@ -94,6 +94,8 @@ def normalize(
     level = _take(rest, _TYPE_KEYS)
     moment = _take(rest, _TIME_KEYS)
     msg = _take(rest, _MSG_KEYS)
+    if msg is None and isinstance(rest.get("body"), (Mapping, list)):
+        msg = rest.pop("body")
     func = _take(rest, _FUNC_KEYS)
     trace_id = _take(rest, _TRACE_KEYS)
     span_id = _take(rest, _SPAN_KEYS)
@@ -165,22 +167,37 @@ def time_of(value: Any, zone: tzinfo | None = None) -> float | None:
 
 
 def _take(doc: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    """Remove and return the value of the first key of *keys* present (flat or nested for dotted names)."""
+    """Remove and return the first scalar found under *keys* (dotted names: flat, or nested objects).
+
+    Objects are passed over (ECS's ``log`` object is not a message, nor
+    ``service`` one a name); a nested object emptied by the removal goes too.
+    """
     for key in keys:
-        if key in doc:
+        value = doc.get(key)
+        if value is not None and not isinstance(value, Mapping):
             return doc.pop(key)
         if "." in key:
-            head, _, tail = key.partition(".")
-            inner = doc.get(head)
-            if isinstance(inner, dict) and tail in inner:
-                inner = dict(inner)
-                value = inner.pop(tail)
-                if inner:
-                    doc[head] = inner
-                else:
-                    del doc[head]
-                return value
+            found = _take_path(doc, key.split("."))
+            if found is not None:
+                return found
     return None
+
+
+def _take_path(doc: dict[str, Any], path: list[str]) -> Any:
+    head, rest = path[0], path[1:]
+    inner = doc.get(head)
+    if not rest:
+        return None if inner is None or isinstance(inner, Mapping) else doc.pop(head)
+    if not isinstance(inner, Mapping):
+        return None
+    inner = dict(inner)
+    found = _take_path(inner, rest)
+    if found is not None:
+        if inner:
+            doc[head] = inner
+        else:
+            del doc[head]
+    return found
 
 
 def _function(value: Any) -> str:
