@@ -155,3 +155,11 @@ class TestTime:
 )
 def test_levels(level: object, expected: str) -> None:
     assert normalize_level(level) == expected
+
+
+def test_ids_are_stable_and_distinct() -> None:
+    from logpipe.formats import coordinates_id, event_id
+
+    assert coordinates_id("logs", 2, 41) == "logs+2+41"
+    assert event_id("host", 1, 2, "ab", 10) == event_id("host", 1, 2, "ab", 10)
+    assert event_id("host", 1, 2, "ab", 10) != event_id("host", 1, 2, "ab", 11)

@@ -31,14 +31,18 @@ offset is read in *zone*. Nothing is dropped.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from datetime import tzinfo
 from typing import Any
 
-from .ingress import parse_time
+from .ingress import MAX_ID_BYTES, parse_time
 from .record import format_iso, wire_document
 
-__all__ = ["LEVELS", "normalize", "normalize_level", "time_of"]
+__all__ = ["LEVELS", "coordinates_id", "event_id", "normalize", "normalize_level", "time_of"]
+
+#: The namespace of the UUIDv5 ids `event_id` derives (fixed: the same event gets the same id everywhere).
+ID_NAMESPACE = uuid.UUID("7d3c3a4e-58b1-5b8e-9a57-3f0c1d1e6a10")
 
 #: Level words of other libraries -> logpipe's ``Type``.
 LEVELS = {
@@ -126,13 +130,27 @@ def normalize(
         _hex_id(trace_id),
         _hex_id(span_id),
         str(own_service) if own_service else service,
-        own_id if isinstance(own_id, str) and own_id else record_id,
+        own_id if isinstance(own_id, str) and own_id and len(own_id.encode()) <= MAX_ID_BYTES else record_id,
     )
     if own_host:
         out["Host"] = str(own_host)
     elif host:
         out["Host"] = host
     return out, ts
+
+
+def coordinates_id(topic: str, partition: int, offset: int) -> str:
+    """The ``_id`` of a message that brings none: Kafka Connect's Elasticsearch sink rule ``topic+partition+offset``.
+
+    The same message consumed again (a crash, a rebalance) gets the same id,
+    so it is one document, never two.
+    """
+    return f"{topic}+{partition}+{offset}"
+
+
+def event_id(*identity: object) -> str:
+    """A stable UUIDv5 from the parts that identify an event (host, file identity, byte offset ...)."""
+    return str(uuid.uuid5(ID_NAMESPACE, "/".join(map(str, identity))))
 
 
 def normalize_level(level: Any) -> str:
