@@ -87,12 +87,13 @@ def normalize(
     zone: tzinfo | None = None,
     action: str = "log",
     service: str = "",
-    host: str = "",
+    host: str | None = None,
 ) -> tuple[dict[str, Any], float]:
     """The KafkaLog document for a foreign JSON object *doc*, and its time in epoch seconds.
 
     *record_id* becomes ``Id`` unless *doc* has a usable one; *service* and
-    *host* are the defaults when *doc* names none.
+    *host* are the defaults when *doc* names none (*host* None: this machine,
+    right for a file read here; the shipper passes "", it cannot know).
     """
     rest = dict(doc)
     level = _take(rest, _TYPE_KEYS)
@@ -134,7 +135,7 @@ def normalize(
     )
     if own_host:
         out["Host"] = str(own_host)
-    elif host:
+    elif host is not None:
         out["Host"] = host
     return out, ts
 
