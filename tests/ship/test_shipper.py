@@ -739,3 +739,111 @@ class TestDeadLetters:
             assert deadletter.original(entries[offset]) == values[offset]  # the bytes as they came
         assert entries[6]["status"] == 400 and orjson.loads(entries[6]["value"])["Msg"] == "refused"
         assert len(entries[5]["value"]) > 10_000  # the oversized message is kept whole
+
+
+def _fleet_stream() -> tuple[list[bytes], dict[str, int]]:
+    """What a mixed fleet writes to one topic; returns the values and how many of each Type to expect."""
+    seed = [
+        orjson.dumps(
+            {
+                "Type": "info",
+                "Action": "click",
+                "Time": f"2026-12-03 16:00:0{i}",
+                "Msg": f"seed {i}",
+                "Field": {"order": i},
+                "FuncName": "pay.Handle",
+            }
+        )
+        for i in range(5)
+    ]
+    zap = [
+        orjson.dumps(
+            {
+                "level": "error",
+                "ts": 1764748800.5 + i,
+                "caller": "project/db.go:88",
+                "msg": f"zap query failed {i}",
+                "error": "timeout",
+            }
+        )
+        for i in range(4)
+    ]
+    ecs = [
+        orjson.dumps(
+            {
+                "@timestamp": "2026-12-03T08:00:00.000Z",
+                "log.level": "warn",
+                "message": f"ecs slow {i}",
+                "service": {"name": "checkout"},
+                "ecs.version": "1.6.0",
+            }
+        )
+        for i in range(3)
+    ]
+    cri = [f"2026-12-03T08:00:0{i}.123456789Z stdout F cri line {i}".encode() for i in range(2)]
+    traceback = b'Traceback (most recent call last):\n  File "app.py", line 3, in <module>\nKeyError: 1'
+    junk = [b"\xff\xfe\x00 binary", b"plain text line"]
+    values = [*seed, *zap, *ecs, *cri, traceback, *junk]
+    return values, {"info": 5, "error": 4, "warning": 3, "raw": 5}
+
+
+@servers[0]
+@servers[1]
+@pytest.mark.usefixtures("kafka_client")
+class TestMixedFleet:
+    def test_every_message_indexed_once_searchable_by_level(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str]
+    ) -> None:
+        """Seed records (no Id, local time), zap, ECS, CRI, a traceback and junk: all indexed exactly once."""
+        from click.testing import CliRunner
+
+        from logpipe.cli import main
+
+        values, types = _fleet_stream()
+        _produce_raw(kafka_service, names["topic"], values)
+        running = _ship_in_thread(kafka_service, es_service, names, default_timezone="Asia/Shanghai")
+        _wait_count(client, names["prefix"], len(values), 60)
+        stats = running.stop()
+        assert stats.dead_lettered == 0 and stats.indexed == len(values)
+        docs = [hit["_source"] | {"_id": hit["_id"]} for hit in _hits(client, names["prefix"])]
+        assert sorted(d["_id"] for d in docs) == sorted(f"{names['topic']}+0+{n}" for n in range(len(values)))
+        assert {t: sum(d["Type"] == t for d in docs) for t in types} == types
+        seed0 = next(d for d in docs if d["Msg"] == "seed 0")
+        assert seed0["Time"] == "2026-12-03T08:00:00.000+00:00"  # 16:00 in Asia/Shanghai
+        zap0 = next(d for d in docs if d["Msg"] == "zap query failed 0")
+        assert (zap0["FuncName"], zap0["Field"]) == ("project/db.go:88", {"error": "timeout"})
+
+        found = CliRunner().invoke(
+            main,
+            [
+                "search",
+                "--json",
+                "--level",
+                "error",
+                "--hosts",
+                es_service.address,
+                "--index-prefix",
+                names["prefix"],
+                "--since",
+                "2000-01-01T00:00:00+00:00",
+            ],
+        )
+        assert found.exit_code == 0, found.output
+        assert sorted(orjson.loads(line)["Msg"] for line in found.stdout.splitlines()) == [
+            f"zap query failed {i}" for i in range(4)
+        ]
+
+        # The same offsets shipped again (another group from the start): no new document.
+        again = _ship_in_thread(
+            kafka_service, es_service, {**names, "group": names["group"] + "-again"}, default_timezone="Asia/Shanghai"
+        )
+        wait_until(lambda: again.shipper.stats.duplicates == len(values), 60)
+        again.stop()
+        assert _count(client, names["prefix"]) == len(values)
+
+
+def _hits(client: Any, prefix: str) -> list[dict[str, Any]]:
+    from elasticsearch.helpers import scan
+
+    client.indices.refresh(index=f"{prefix}-*")
+    return list(scan(client, index=f"{prefix}-*", query={"query": {"match_all": {}}}))
