@@ -82,3 +82,17 @@ class TestParseTime:
 
 def test_printable_escapes_controls_and_bad_utf8() -> None:
     assert printable(b"a\tb\x1b[31m\xffc") == "a\tb\\x1b[31m\\xffc"
+
+
+class TestExactTime:
+    @pytest.mark.parametrize(("time", "why"), [("2026-12-03 08:00:00", "no UTC offset"), ("soon", "not a time")])
+    def test_a_time_without_offset_or_unreadable_is_invalid(self, time: str, why: str) -> None:
+        data = orjson.dumps({"Id": "1", "Msg": "m", "Time": time})
+        result = parse(data, exact_time=True)
+        assert isinstance(result, Invalid) and why in result.reason
+        assert isinstance(parse(data), Record)  # without exact_time the record passes
+
+    def test_a_time_with_offset_passes(self) -> None:
+        result = parse(b'{"Id":"1","Msg":"m","Time":"2026-12-03T08:00:00+08:00"}', exact_time=True)
+        assert isinstance(result, Record)
+        assert result.ts == datetime(2026, 12, 3, 0, 0, tzinfo=timezone.utc).timestamp()

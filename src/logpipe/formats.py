@@ -31,14 +31,18 @@ offset is read in *zone*. Nothing is dropped.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from datetime import tzinfo
 from typing import Any
 
-from .ingress import parse_time
+from .ingress import MAX_ID_BYTES, parse_time
 from .record import format_iso, wire_document
 
-__all__ = ["LEVELS", "normalize", "normalize_level", "time_of"]
+__all__ = ["LEVELS", "coordinates_id", "event_id", "normalize", "normalize_level", "time_of"]
+
+#: The namespace of the UUIDv5 ids `event_id` derives (fixed: the same event gets the same id everywhere).
+ID_NAMESPACE = uuid.UUID("7d3c3a4e-58b1-5b8e-9a57-3f0c1d1e6a10")
 
 #: Level words of other libraries -> logpipe's ``Type``.
 LEVELS = {
@@ -71,7 +75,7 @@ _MSG_KEYS = ("Msg", "msg", "message", "event", "body", "log")
 _FUNC_KEYS = ("FuncName", "caller", "func", "source.function", "log.origin.function", "func_name", "funcName")
 _TRACE_KEYS = ("TraceId", "trace_id", "trace.id", "traceId", "traceid")
 _SPAN_KEYS = ("SpanId", "span_id", "span.id", "spanId", "spanid")
-_SERVICE_KEYS = ("Service", "service", "service.name", "name", "logger")
+_SERVICE_KEYS = ("Service", "service.name", "service", "name", "logger")
 _HOST_KEYS = ("Host", "host", "hostname", "host.hostname", "host.name")
 
 
@@ -83,17 +87,20 @@ def normalize(
     zone: tzinfo | None = None,
     action: str = "log",
     service: str = "",
-    host: str = "",
+    host: str | None = None,
 ) -> tuple[dict[str, Any], float]:
     """The KafkaLog document for a foreign JSON object *doc*, and its time in epoch seconds.
 
     *record_id* becomes ``Id`` unless *doc* has a usable one; *service* and
-    *host* are the defaults when *doc* names none.
+    *host* are the defaults when *doc* names none (*host* None: this machine,
+    right for a file read here; the shipper passes "", it cannot know).
     """
     rest = dict(doc)
     level = _take(rest, _TYPE_KEYS)
     moment = _take(rest, _TIME_KEYS)
     msg = _take(rest, _MSG_KEYS)
+    if msg is None and isinstance(rest.get("body"), (Mapping, list)):
+        msg = rest.pop("body")
     func = _take(rest, _FUNC_KEYS)
     trace_id = _take(rest, _TRACE_KEYS)
     span_id = _take(rest, _SPAN_KEYS)
@@ -124,13 +131,27 @@ def normalize(
         _hex_id(trace_id),
         _hex_id(span_id),
         str(own_service) if own_service else service,
-        own_id if isinstance(own_id, str) and own_id else record_id,
+        own_id if isinstance(own_id, str) and own_id and len(own_id.encode()) <= MAX_ID_BYTES else record_id,
     )
     if own_host:
         out["Host"] = str(own_host)
-    elif host:
+    elif host is not None:
         out["Host"] = host
     return out, ts
+
+
+def coordinates_id(topic: str, partition: int, offset: int) -> str:
+    """The ``_id`` of a message that brings none: Kafka Connect's Elasticsearch sink rule ``topic+partition+offset``.
+
+    The same message consumed again (a crash, a rebalance) gets the same id,
+    so it is one document, never two.
+    """
+    return f"{topic}+{partition}+{offset}"
+
+
+def event_id(*identity: object) -> str:
+    """A stable UUIDv5 from the parts that identify an event (host, file identity, byte offset ...)."""
+    return str(uuid.uuid5(ID_NAMESPACE, "/".join(map(str, identity))))
 
 
 def normalize_level(level: Any) -> str:
@@ -165,22 +186,37 @@ def time_of(value: Any, zone: tzinfo | None = None) -> float | None:
 
 
 def _take(doc: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    """Remove and return the value of the first key of *keys* present (flat or nested for dotted names)."""
+    """Remove and return the first scalar found under *keys* (dotted names: flat, or nested objects).
+
+    Objects are passed over (ECS's ``log`` object is not a message, nor
+    ``service`` one a name); a nested object emptied by the removal goes too.
+    """
     for key in keys:
-        if key in doc:
+        value = doc.get(key)
+        if value is not None and not isinstance(value, Mapping):
             return doc.pop(key)
         if "." in key:
-            head, _, tail = key.partition(".")
-            inner = doc.get(head)
-            if isinstance(inner, dict) and tail in inner:
-                inner = dict(inner)
-                value = inner.pop(tail)
-                if inner:
-                    doc[head] = inner
-                else:
-                    del doc[head]
-                return value
+            found = _take_path(doc, key.split("."))
+            if found is not None:
+                return found
     return None
+
+
+def _take_path(doc: dict[str, Any], path: list[str]) -> Any:
+    head, rest = path[0], path[1:]
+    inner = doc.get(head)
+    if not rest:
+        return None if inner is None or isinstance(inner, Mapping) else doc.pop(head)
+    if not isinstance(inner, Mapping):
+        return None
+    inner = dict(inner)
+    found = _take_path(inner, rest)
+    if found is not None:
+        if inner:
+            doc[head] = inner
+        else:
+            del doc[head]
+    return found
 
 
 def _function(value: Any) -> str:

@@ -56,20 +56,37 @@ def parse_time(text: str, zone: tzinfo | None = None) -> float | None:
     seed design's ``YYYY-MM-DD HH:MM:SS``. A time without an offset is read in
     *zone* (None: this machine's local zone, as the seed's Go services write it).
     """
-    try:
-        moment = _fromisoformat(text)
-    except ValueError:
-        try:
-            moment = _strptime(text, SEED_TIME_FORMAT)
-        except ValueError:
-            return None
+    moment = _moment(text)
+    if moment is None:
+        return None
     if moment.tzinfo is None:
         moment = moment.astimezone() if zone is None else moment.replace(tzinfo=zone)
     return moment.timestamp()
 
 
-def parse(data: bytes | None, *, max_bytes: int | None = None, received: float | None = None) -> Record | Invalid:
+def _moment(text: str) -> datetime | None:
+    try:
+        return _fromisoformat(text)
+    except ValueError:
+        try:
+            return _strptime(text, SEED_TIME_FORMAT)
+        except ValueError:
+            return None
+
+
+def parse(
+    data: bytes | None,
+    *,
+    max_bytes: int | None = None,
+    received: float | None = None,
+    exact_time: bool = False,
+) -> Record | Invalid:
     """The `Record` that *data* holds, or why it holds none.
+
+    With *exact_time*, a ``Time`` that no parser reads or that has no UTC
+    offset makes the bytes `Invalid` too: the shipper then rewrites such a
+    record (`logpipe.formats`) rather than index a time Elasticsearch would
+    read differently or refuse.
 
     The record's payload is *data* itself (byte for byte, so its ``Id``
     survives), except that raw CR and LF, which JSON allows only as
@@ -94,7 +111,13 @@ def parse(data: bytes | None, *, max_bytes: int | None = None, received: float |
         return Invalid(f"Id must be a non-empty string of at most {MAX_ID_BYTES} bytes")
     if type(moment) is not str:
         return Invalid(f"Time must be a string, not {json_type(moment)}")
-    ts = parse_time(moment)
+    if exact_time:
+        exact = _moment(moment)
+        if exact is None or exact.tzinfo is None:
+            return Invalid(f"Time {moment!r} has no UTC offset" if exact else f"Time {moment!r} is not a time")
+        ts: float | None = exact.timestamp()
+    else:
+        ts = parse_time(moment)
     if ts is None:
         ts = time.time() if received is None else received
     if b"\n" in data or b"\r" in data:

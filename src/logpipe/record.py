@@ -133,7 +133,8 @@ def format_iso(ts: float, utc: bool = True) -> str:
         offset = moment.strftime("%z")
         cached = (second, moment.strftime("%Y-%m-%dT%H:%M:%S"), f"{offset[:3]}:{offset[3:]}")
         _iso_seconds[utc] = cached  # one atomic store: other threads see old or new, never half
-    return cached[1] + _MILLIS[int((ts - second) * 1000)] + cached[2]
+    # + 1 us: epoch seconds as a float hold about 0.2 us; 1764745267.1 is stored as ...267.0999999, which is .100
+    return cached[1] + _MILLIS[int((ts - second) * 1000 + 1e-3)] + cached[2]
 
 
 def _moment(ts: float, utc: bool) -> datetime:

@@ -641,15 +641,22 @@ def _produce_raw(kafka_service: Service, topic: str, values: Sequence[bytes]) ->
     producer.close()
 
 
-def _malformed_stream() -> tuple[list[bytes], list[str], dict[int, str]]:
-    """Good and bad messages interleaved; returns values, good Ids, {offset: reason words}."""
+def _malformed_stream(topic: str) -> tuple[list[bytes], list[str], dict[int, str]]:
+    """Good, foreign and bad messages interleaved; returns values, the Ids indexed, {offset: reason words}.
+
+    Only what is too large and what Elasticsearch refuses is dead-lettered: text, JSON arrays, records
+    without Id or with an unreadable Time are indexed (as text records or mapped, see ship.documents).
+    """
     good = [make_record(type="info", msg=f"good {i}") for i in range(6)]
     oversized = make_record(type="info", msg="x" * 20_000)
     pretty = make_record(type="info", msg="pretty\nprinted")
     no_id = orjson.loads(good[0].payload)
     del no_id["Id"]
-    bad_time = orjson.loads(make_record(type="info", msg="bad time").payload)
-    bad_time["Time"] = "yesterday"
+    bad_time = make_record(type="info", msg="bad time")
+    bad_time_doc = orjson.loads(bad_time.payload)
+    bad_time_doc["Time"] = "yesterday"
+    refused_doc = orjson.loads(make_record(type="info", msg="refused").payload)
+    refused_doc["Type"] = {"not": "a keyword"}  # Type is a keyword field: Elasticsearch refuses an object
     values = [
         good[0].payload,
         b"\xff\xfenot json at all",
@@ -657,19 +664,15 @@ def _malformed_stream() -> tuple[list[bytes], list[str], dict[int, str]]:
         orjson.dumps(no_id),
         good[1].payload,
         oversized.payload,
-        orjson.dumps(bad_time),
+        orjson.dumps(refused_doc),
+        orjson.dumps(bad_time_doc),
         *[g.payload for g in good[2:]],
         # valid, but over several lines: shipped (its newlines are JSON whitespace), not dead-lettered
         orjson.dumps(orjson.loads(pretty.payload), option=orjson.OPT_INDENT_2),
     ]
-    reasons = {
-        1: "not JSON",
-        2: "array",
-        3: "missing Id",
-        5: "max_message_bytes",
-        6: "refused by Elasticsearch: document_parsing_exception",
-    }
-    return values, [g.id for g in good] + [pretty.id], reasons
+    indexed = [g.id for g in good] + [pretty.id, bad_time.id] + [f"{topic}+0+{offset}" for offset in (1, 2, 3)]
+    reasons = {5: "max_message_bytes", 6: "refused by Elasticsearch: document_parsing_exception"}
+    return values, indexed, reasons
 
 
 @servers[0]
@@ -682,7 +685,7 @@ class TestDeadLetters:
         """Bad messages go to <topic>.dlq unchanged with reason/topic/partition/offset headers."""
         from kafka import KafkaConsumer
 
-        values, good_ids, reasons = _malformed_stream()
+        values, good_ids, reasons = _malformed_stream(names["topic"])
         _produce_raw(kafka_service, names["topic"], values)
         running = _ship_in_thread(kafka_service, es_service, names, max_message_bytes=10_000)
         _wait_count(client, names["prefix"], len(good_ids), 60)
@@ -718,7 +721,7 @@ class TestDeadLetters:
         self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str], tmp_path: Path
     ) -> None:
         """With file:PATH the dead letters are JSON lines with the reason and where they came from."""
-        values, good_ids, reasons = _malformed_stream()
+        values, good_ids, reasons = _malformed_stream(names["topic"])
         _produce_raw(kafka_service, names["topic"], values)
         path = tmp_path / "dead" / "ship.jsonl"
         running = _ship_in_thread(
@@ -734,8 +737,113 @@ class TestDeadLetters:
             assert entries[offset]["source"]["topic"] == names["topic"]
             assert entries[offset]["source"]["partition"] == 0
             assert deadletter.original(entries[offset]) == values[offset]  # the bytes as they came
-        assert entries[2]["value"] == "[1, 2, 3]"
-        assert entries[1]["value_base64"]  # not UTF-8: kept as base64, nothing lost
-        assert orjson.loads(entries[3]["value"])["Msg"] == "good 0"
-        assert entries[6]["status"] == 400 and orjson.loads(entries[6]["value"])["Time"] == "yesterday"
+        assert entries[6]["status"] == 400 and orjson.loads(entries[6]["value"])["Msg"] == "refused"
         assert len(entries[5]["value"]) > 10_000  # the oversized message is kept whole
+
+
+def _fleet_stream() -> tuple[list[bytes], dict[str, int]]:
+    """What a mixed fleet writes to one topic; returns the values and how many of each Type to expect."""
+    seed = [
+        orjson.dumps(
+            {
+                "Type": "info",
+                "Action": "click",
+                "Time": f"2026-12-03 16:00:0{i}",
+                "Msg": f"seed {i}",
+                "Field": {"order": i},
+                "FuncName": "pay.Handle",
+            }
+        )
+        for i in range(5)
+    ]
+    zap = [
+        orjson.dumps(
+            {
+                "level": "error",
+                "ts": 1764748800.5 + i,
+                "caller": "project/db.go:88",
+                "msg": f"zap query failed {i}",
+                "error": "timeout",
+            }
+        )
+        for i in range(4)
+    ]
+    ecs = [
+        orjson.dumps(
+            {
+                "@timestamp": "2026-12-03T08:00:00.000Z",
+                "log.level": "warn",
+                "message": f"ecs slow {i}",
+                "service": {"name": "checkout"},
+                "ecs.version": "1.6.0",
+            }
+        )
+        for i in range(3)
+    ]
+    cri = [f"2026-12-03T08:00:0{i}.123456789Z stdout F cri line {i}".encode() for i in range(2)]
+    traceback = b'Traceback (most recent call last):\n  File "app.py", line 3, in <module>\nKeyError: 1'
+    junk = [b"\xff\xfe\x00 binary", b"plain text line"]
+    values = [*seed, *zap, *ecs, *cri, traceback, *junk]
+    return values, {"info": 5, "error": 4, "warning": 3, "raw": 5}
+
+
+@servers[0]
+@servers[1]
+@pytest.mark.usefixtures("kafka_client")
+class TestMixedFleet:
+    def test_every_message_indexed_once_searchable_by_level(
+        self, kafka_service: Service, es_service: Service, client: Any, names: dict[str, str]
+    ) -> None:
+        """Seed records (no Id, local time), zap, ECS, CRI, a traceback and junk: all indexed exactly once."""
+        from click.testing import CliRunner
+
+        from logpipe.cli import main
+
+        values, types = _fleet_stream()
+        _produce_raw(kafka_service, names["topic"], values)
+        running = _ship_in_thread(kafka_service, es_service, names, default_timezone="Asia/Shanghai")
+        _wait_count(client, names["prefix"], len(values), 60)
+        stats = running.stop()
+        assert stats.dead_lettered == 0 and stats.indexed == len(values)
+        docs = [hit["_source"] | {"_id": hit["_id"]} for hit in _hits(client, names["prefix"])]
+        assert sorted(d["_id"] for d in docs) == sorted(f"{names['topic']}+0+{n}" for n in range(len(values)))
+        assert {t: sum(d["Type"] == t for d in docs) for t in types} == types
+        seed0 = next(d for d in docs if d["Msg"] == "seed 0")
+        assert seed0["Time"] == "2026-12-03T08:00:00.000+00:00"  # 16:00 in Asia/Shanghai
+        zap0 = next(d for d in docs if d["Msg"] == "zap query failed 0")
+        assert (zap0["FuncName"], zap0["Field"]) == ("project/db.go:88", {"error": "timeout"})
+
+        found = CliRunner().invoke(
+            main,
+            [
+                "search",
+                "--json",
+                "--level",
+                "error",
+                "--hosts",
+                es_service.address,
+                "--index-prefix",
+                names["prefix"],
+                "--since",
+                "2000-01-01T00:00:00+00:00",
+            ],
+        )
+        assert found.exit_code == 0, found.output
+        assert sorted(orjson.loads(line)["Msg"] for line in found.stdout.splitlines()) == [
+            f"zap query failed {i}" for i in range(4)
+        ]
+
+        # The same offsets shipped again (another group from the start): no new document.
+        again = _ship_in_thread(
+            kafka_service, es_service, {**names, "group": names["group"] + "-again"}, default_timezone="Asia/Shanghai"
+        )
+        wait_until(lambda: again.shipper.stats.duplicates == len(values), 60)
+        again.stop()
+        assert _count(client, names["prefix"]) == len(values)
+
+
+def _hits(client: Any, prefix: str) -> list[dict[str, Any]]:
+    from elasticsearch.helpers import scan
+
+    client.indices.refresh(index=f"{prefix}-*")
+    return list(scan(client, index=f"{prefix}-*", query={"query": {"match_all": {}}}))

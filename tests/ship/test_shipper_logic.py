@@ -168,31 +168,33 @@ class TestRetries:
 
 
 class TestDeadLetters:
-    def test_refused_and_malformed_messages(self, harnesses: list[Harness]) -> None:
-        """A 400 and malformed messages become dead letters with their source; the rest is indexed and all committed."""
+    def test_refused_and_oversize_messages(self, harnesses: list[Harness]) -> None:
+        """A 400 and an oversize message become dead letters with their source; text is indexed; all committed."""
         good = _records(4)
         indexer = FakeIndexer()
         indexer.statuses[good[1].id].append(400)
-        values = [good[0].payload, b"not json", good[1].payload, b"[1, 2]", good[2].payload, good[3].payload]
+        values = [good[0].payload, b"not json", good[1].payload, b"x" * 2_000_000, good[2].payload, good[3].payload]
         sink = MemorySink()
         h = _start(harnesses, FakeConsumer({P0: values}), indexer, sink)
         assert wait_until(lambda: h.committed() == {P0: 6}, 20)
         stats = h.stop()
         letters = {letter.source["offset"]: letter for letter in sink.letters}
-        assert sorted(letters) == [1, 2, 3]
+        assert sorted(letters) == [2, 3]
         assert letters[2].status == 400 and "refused by Elasticsearch" in letters[2].reason
         assert "mapper_parsing_exception" in letters[2].reason and letters[2].index
-        assert letters[1].status is None and "JSON" in letters[1].reason
+        assert letters[3].status is None and "MAX_MESSAGE_BYTES" in letters[3].reason
         for offset, letter in letters.items():
             assert letter.value == values[offset] and letter.key == b"k" and list(letter.headers) == [("h", b"1")]
             assert letter.source == {"topic": "logs", "partition": 0, "offset": offset}
-        assert (stats.dead_lettered, stats.rejected, stats.indexed) == (3, 1, 3)
-        assert set(indexer.documents) == {good[0].id, good[2].id, good[3].id}
+        assert (stats.dead_lettered, stats.rejected, stats.indexed) == (2, 1, 4)
+        assert set(indexer.documents) == {good[0].id, "logs+0+1", good[2].id, good[3].id}
 
     def test_no_commit_until_the_dead_letters_are_stored(self, harnesses: list[Harness]) -> None:
         """A failing dead-letter sink is retried; the batch is committed only once its letters are stored."""
         sink = MemorySink(failures=3)
-        h = _start(harnesses, FakeConsumer({P0: [b"nope", *(r.payload for r in _records(3))]}), FakeIndexer(), sink)
+        h = _start(
+            harnesses, FakeConsumer({P0: [b"x" * 2_000_000, *(r.payload for r in _records(3))]}), FakeIndexer(), sink
+        )
         assert wait_until(lambda: h.committed() == {P0: 4}, 20)
         stats = h.stop()
         assert len(sink.letters) == 1 and stats.retries == 3 and stats.dead_lettered == 1

@@ -3,21 +3,23 @@
 A batch is the shipper's commit unit in `logpipe.inflight.InFlight`: its
 bulk requests are the flights, and its Kafka offsets are committed once it,
 and every batch polled before it, is accounted for (each message created,
-already there, or durably dead-lettered). `prepare` checks each message with
-`logpipe.ingress.parse` (the one validator) and turns the good ones into
-pre-serialised bulk lines.
+already there, or durably dead-lettered). `prepare` turns each message into
+the document to index (`logpipe.ship.documents`: any JSON object, or text)
+and that into a pre-serialised bulk line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timezone, tzinfo
 
 from .. import elasticsearch as es
 from .. import ingress
 from ..deadletter import DeadLetter
 from .consumer import Message, TopicPartition
 from .deadletters import letter
+from .documents import document
 from .options import ENV_PREFIX
 
 __all__ = ["Batch", "prepare"]
@@ -76,12 +78,18 @@ class Batch:
         return positions
 
 
-def prepare(messages: Iterable[Message], ends: dict[TopicPartition, Message], prefix: str, limit: int) -> Batch:
-    """A batch of *messages*: good ones become bulk lines (their value sent as it came), the others dead letters."""
+def prepare(
+    messages: Iterable[Message],
+    ends: dict[TopicPartition, Message],
+    prefix: str,
+    limit: int,
+    zone: tzinfo | None = timezone.utc,
+) -> Batch:
+    """A batch of *messages* as bulk lines (`logpipe.ship.documents`); what is too large becomes a dead letter."""
     items = list(messages)
     batch = Batch(len(items), ends)
     for message in items:
-        found = ingress.parse(message.value, max_bytes=limit)
+        found = document(message, limit, zone)
         if isinstance(found, ingress.Invalid):
             batch.dead.append(letter(message, _why(found, limit)))
             continue

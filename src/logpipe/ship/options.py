@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timezone, tzinfo
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import config
 from .. import elasticsearch as es
@@ -102,6 +104,12 @@ class ShipOptions(KafkaSecurity):
         "JSON file rewritten every STATUS_INTERVAL with the state and counters, for health checks "
         "(logpipe health reads it; the container image sets it).",
     )
+    default_timezone: str = setting(
+        "UTC",
+        "Zone of a Time without a UTC offset in a message (the seed design's Go services write "
+        "'2006-01-02 15:04:05' in their local time: set their zone, e.g. Asia/Shanghai); 'local' is this machine's.",
+        check=lambda value: _zone_problem(value),
+    )
     kafka_client: KafkaClient = setting(
         "auto",
         "Kafka client library that consumes: confluent-kafka (librdkafka, about a third of kafka-python's "
@@ -134,6 +142,26 @@ def load_options(
     es_options = config.load(es.ElasticsearchOptions, es.ENV_PREFIX, es_overrides, environ)
     es.check_options(es_options)
     return ship, es_options
+
+
+def zone(name: str) -> tzinfo | None:
+    """The tzinfo of a ``DEFAULT_TIMEZONE`` value (None: the machine's local zone); raises ValueError."""
+    if name.strip().lower() == "local":
+        return None
+    if name.strip().upper() in ("UTC", "Z"):
+        return timezone.utc
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone ({exc})") from None
+
+
+def _zone_problem(name: str) -> str | None:
+    try:
+        zone(name)
+    except ValueError as exc:
+        return f"{exc}; use an IANA name such as Europe/Berlin, UTC or local"
+    return None
 
 
 def _check_dead_letter(value: str) -> None:

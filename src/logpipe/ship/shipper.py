@@ -48,7 +48,7 @@ from .consumer import (
     resolve_client,
 )
 from .deadletters import DeadLetterSink, letter, open_sink
-from .options import ENV_PREFIX, ShipOptions
+from .options import ENV_PREFIX, ShipOptions, zone
 from .stats import ShipStats, consumer_lag
 
 __all__ = ["BATCHES_IN_FLIGHT", "ConsumerFactory", "Flight", "ShipStats", "Shipper"]
@@ -98,6 +98,7 @@ class Shipper(Runner[ShipStats]):
             progress=progress,
         )
         self.options = options
+        self._zone = zone(options.default_timezone)
         self.es_options = es_options
         self._track_lag = track_lag
         #: The Kafka client library in use (`resolve_client`'s answer), for humans.
@@ -227,7 +228,7 @@ class Shipper(Runner[ShipStats]):
 
     def _submit(self, messages: Sequence[Message], ends: dict[TopicPartition, Message]) -> None:
         """Check *messages* and start the bulk requests of the good ones; the batch takes its commit place."""
-        batch = prepare(messages, ends, self.es_options.index_prefix, self.options.max_message_bytes)
+        batch = prepare(messages, ends, self.es_options.index_prefix, self.options.max_message_bytes, self._zone)
         self._send(batch, range(len(batch.lines)))
 
     def _send(self, batch: Batch, positions: Sequence[int]) -> None:
