@@ -377,11 +377,11 @@ class _EsSource(_Source):
                 **kwargs,
             )
         except ApiError as exc:
-            raise click.ClickException(f"Elasticsearch refused the search: {es._error_text(exc.body) or exc}") from exc
+            raise click.ClickException(f"Elasticsearch refused the search: {es.failure(exc)}") from exc
         except TransportError as exc:
             raise click.ClickException(
                 f"cannot reach Elasticsearch at {','.join(self.options.hosts)} "
-                f"(--hosts / LOGPIPE_ELASTICSEARCH_HOSTS): {exc}"
+                f"(--hosts / LOGPIPE_ELASTICSEARCH_HOSTS): {es.failure(exc)}"
             ) from exc
 
 

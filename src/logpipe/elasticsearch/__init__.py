@@ -29,6 +29,7 @@ from .bulk import (
     create_line,
     deliver,
     error_text,
+    failure,
     send_bulk,
     split,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "create_line",
     "deliver",
     "error_text",
+    "failure",
     "index_name",
     "index_pattern",
     "index_template",

@@ -171,7 +171,7 @@ class ClientIndexer:
         try:
             install_template(self.client, self.options)
         except (ApiError, TransportError) as exc:
-            raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
+            raise Unreachable(failure(exc)) from exc
 
     def close(self) -> None:
         self.client.close()
@@ -231,9 +231,9 @@ def send_bulk(client: Elasticsearch, lines: Sequence[bytes], indices: Sequence[s
         # The client sends bytes as they are (its NDJSON serialiser passes them through).
         answer = client.bulk(operations=cast(Any, b"".join(lines)), filter_path=BULK_FILTER).body
     except ApiError as exc:
-        reply = BulkReply.unanswered(indices, f"HTTP {exc.status_code}: {error_text(exc.body) or exc}", exc.status_code)
+        reply = BulkReply.unanswered(indices, failure(exc), exc.status_code)
     except TransportError as exc:
-        reply = BulkReply.unanswered(indices, f"{type(exc).__name__}: {exc}")
+        reply = BulkReply.unanswered(indices, failure(exc))
     else:
         reply = _read_answer(answer, indices)
     reply.seconds = time.monotonic() - started
@@ -316,6 +316,32 @@ def deliver(
         backoff.reset()
         result.error = None
     return result
+
+
+def failure(exc: Exception, prefix: str = "LOGPIPE_ELASTICSEARCH_") -> str:
+    """A request that failed, in words that name the setting to fix (and never a credential).
+
+    401/403: the credentials; a TLS verification failure: the CA file (or a
+    node whose certificate names another host); anything else: the status
+    and Elasticsearch's own reason, or the transport error.
+    """
+    from elasticsearch import ApiError
+
+    if isinstance(exc, ApiError):
+        status = exc.status_code
+        if status in (401, 403):
+            what = "authentication failed" if status == 401 else "not allowed"
+            return (
+                f"HTTP {status}: {what}: check {prefix}USERNAME / {prefix}PASSWORD or {prefix}API_KEY "
+                f"({error_text(exc.body) or exc})"
+            )
+        return f"HTTP {status}: {error_text(exc.body) or exc}"
+    text = f"{type(exc).__name__}: {exc}"
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return f"TLS: the node's certificate is not trusted: check {prefix}CA_CERTS ({text})"
+    if "hostname" in text.lower() and "match" in text.lower():
+        return f"TLS: the node's certificate is for another host: check {prefix}HOSTS ({text})"
+    return text
 
 
 def error_text(error: Any) -> str:
