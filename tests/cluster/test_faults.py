@@ -365,7 +365,9 @@ def es_ids(es: Any, prefix: str) -> list[tuple[str, str]]:
     return [(d["_id"], d["_source"]["Id"]) for d in scan(es, index=f"{prefix}-*", query={"_source": ["Id"]})]
 
 
+@pytest.mark.parametrize("broker_fault", ["none", "leader"])
 def test_ship_killed_and_restarted_end_to_end(
+    broker_fault: str,
     healthy_cluster: Cluster,
     topic: str,
     prefix: str,
@@ -374,7 +376,10 @@ def test_ship_killed_and_restarted_end_to_end(
     matrix: FaultMatrix,
     tmp_path: Path,
 ) -> None:
-    """`logpipe ship` kill -9'd mid-stream and restarted while the application logs: each record is one document."""
+    """`logpipe ship` kill -9'd mid-stream and restarted while the application logs: each record is one document.
+
+    With broker_fault=leader, the leader of partition 0 is also kill -9'd while the application logs.
+    """
     cluster = healthy_cluster
     cluster.create_topic(topic, 3)
     out = tmp_path / "ship.log"
@@ -403,12 +408,15 @@ def test_ship_killed_and_restarted_end_to_end(
 
     chaos = Chaos(kill_and_restart)
     chaos.trigger()
+    broker = Chaos(lambda: cluster.kill(cluster.leader(topic, 0)))
     try:
-        log_paced(log, rate, n=n, at={})
+        log_paced(log, rate, n=n, at={n // 4: broker.trigger} if broker_fault == "leader" else {})
         assert logpipe.flush(60)
         stats = logpipe.stats()["kafka"]
         assert_accepted_all(stats, n)
         chaos.join()
+        if broker_fault == "leader":
+            broker.join()
         shipper = spawn()
         wait_until(lambda: es_count(es, prefix) >= n, timeout=180, interval=0.5)
     finally:
@@ -428,9 +436,12 @@ def test_ship_killed_and_restarted_end_to_end(
     assert all(doc_id == record_id for doc_id, record_id in docs)
     assert {record_id for _, record_id in docs} == set(ids)
     absorbed = [int(m) for m in re.findall(r"duplicates=(\d+)", summary)]
+    fault = "kill -9 of logpipe ship mid-stream, then a restart (into Elasticsearch)"
+    if broker_fault == "leader":
+        fault = "kill -9 of a partition leader and of logpipe ship, then a restart (into Elasticsearch)"
     matrix.add(
-        "kill -9 of logpipe ship mid-stream, then a restart (into Elasticsearch)",
-        test="test_ship_killed_and_restarted_end_to_end",
+        fault,
+        test=f"test_ship_killed_and_restarted_end_to_end[{broker_fault}]",
         logged=n,
         rate=rate,
         lost=n - len(by_seq),
