@@ -106,18 +106,18 @@ def cluster() -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
-        if not was_running:
+        if was_running:
+            cluster.heal()  # left as it was found: whole again
+        else:
             cluster.run("stop")
 
 
 @pytest.fixture
-def healthy_cluster(cluster: Cluster) -> Iterator[Cluster]:
-    """The cluster with its three nodes up and in sync before the test, and again after it."""
+def healthy_cluster(cluster: Cluster) -> Cluster:
+    """The cluster with its three nodes up and in sync before the test (the next test, or the session's end, heals
+    what this one broke)."""
     cluster.heal()
-    try:
-        yield cluster
-    finally:
-        cluster.heal()
+    return cluster
 
 
 @dataclass
