@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fresh-boot docs site services-start services-stop bench clean
+.PHONY: demo test test-cluster test-fresh-boot docs site services-start services-stop bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ demo: $(VENV)/.installed
 ## Elasticsearch node (scripts/kafka.sh, scripts/elasticsearch.sh) and stop them.
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The fault campaign (tests/cluster/, marker "cluster", left out of `make test`): kill -9 of
+## brokers, a rolling restart, the tailer and the shipper, on a three-broker KRaft cluster that
+## scripts/kafka-cluster.sh runs on 127.0.0.1:39092-39097 for the session. Prints the fault matrix
+## of docs/reliability.md and writes it to fault-matrix.json in pytest's temp dir.
+test-cluster: $(VENV)/.installed
+	$(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 ## The same suite as if the machine had booted 30 s ago (time.monotonic() small, as in a new
 ## container): scripts/fresh-boot.sh runs pytest in a Linux time namespace.
