@@ -26,6 +26,7 @@ __all__ = [
     "CORE_PREFIX",
     "Overflow",
     "Secret",
+    "reveal",
     "Settings",
     "SettingDoc",
     "at_least",
@@ -43,6 +44,11 @@ CORE_PREFIX = "LOGPIPE_"
 Overflow = Literal["block", "drop_newest", "drop_oldest", "spill"]
 
 Check = Callable[[Any], "str | None"]
+
+
+def reveal(value: Secret | str | None) -> str | None:
+    """The plain value of a secret setting; a plain ``str`` (options built in Python) passes as it is."""
+    return value.reveal() if isinstance(value, Secret) else value
 
 
 class Secret:

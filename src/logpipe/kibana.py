@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .config import Secret, at_least, setting
+from .config import Secret, at_least, reveal, setting
 from .exceptions import ConfigError
 
 __all__ = [
@@ -170,9 +170,9 @@ def _headers(options: KibanaOptions) -> dict[str, str]:
 
     headers = {"kbn-xsrf": "logpipe", "Accept": "application/json"}
     if options.api_key:
-        headers["Authorization"] = f"ApiKey {options.api_key.reveal()}"
+        headers["Authorization"] = f"ApiKey {reveal(options.api_key)}"
     elif options.username:
-        password = options.password.reveal() if options.password else ""
+        password = reveal(options.password) or ""
         headers.update(urllib3.make_headers(basic_auth=f"{options.username}:{password}"))
     return headers
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from ..backoff import Backoff
-from ..config import Secret, at_least, setting
+from ..config import Secret, at_least, reveal, setting
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -152,9 +152,9 @@ def make_client(options: ElasticsearchOptions) -> Elasticsearch:
         "retry_on_timeout": len(options.hosts) > 1,
     }
     if options.api_key:
-        kwargs["api_key"] = options.api_key.reveal()
+        kwargs["api_key"] = reveal(options.api_key)
     elif options.username:
-        kwargs["basic_auth"] = (options.username, options.password.reveal() if options.password else "")
+        kwargs["basic_auth"] = (options.username, reveal(options.password) or "")
     if any(h.lower().startswith("https://") for h in options.hosts):
         if options.ca_certs is not None:
             kwargs["ca_certs"] = str(options.ca_certs)
