@@ -135,9 +135,9 @@ def wrap_line(
         field["stream"] = stream
     if record_id is None:
         record_id = new_id()
-    doc = wire_document(
-        WRAPPED_TYPE, WRAPPED_ACTION, format_iso(ts), printable(line), field, "", "", "", service, record_id
-    )
+    # joined lines keep their line breaks (printable would escape them)
+    msg = "\n".join(map(printable, line.split(b"\n"))) if "multiline" in flags else printable(line)
+    doc = wire_document(WRAPPED_TYPE, WRAPPED_ACTION, format_iso(ts), msg, field, "", "", "", service, record_id)
     return Record(record_id, ts, "", service, encode(doc))
 
 
