@@ -32,17 +32,22 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import tzinfo
 from typing import Any
+
+import uuid_utils
 
 from .ingress import MAX_ID_BYTES, parse_time
 from .record import format_iso, wire_document
 
-__all__ = ["LEVELS", "coordinates_id", "event_id", "normalize", "normalize_level", "time_of"]
+__all__ = ["LEVELS", "coordinates_id", "event_id", "event_ids", "normalize", "normalize_level", "time_of"]
 
 #: The namespace of the UUIDv5 ids `event_id` derives (fixed: the same event gets the same id everywhere).
 ID_NAMESPACE = uuid.UUID("7d3c3a4e-58b1-5b8e-9a57-3f0c1d1e6a10")
+# uuid_utils' uuid5 gives the same UUIDs as the stdlib's, ten times faster (the tailer makes one per line).
+_NAMESPACE = uuid_utils.UUID(str(ID_NAMESPACE))
+_uuid5 = uuid_utils.uuid5
 
 #: Level words of other libraries -> logpipe's ``Type``.
 LEVELS = {
@@ -151,7 +156,18 @@ def coordinates_id(topic: str, partition: int, offset: int) -> str:
 
 def event_id(*identity: object) -> str:
     """A stable UUIDv5 from the parts that identify an event (host, file identity, byte offset ...)."""
-    return str(uuid.uuid5(ID_NAMESPACE, "/".join(map(str, identity))))
+    return str(_uuid5(_NAMESPACE, "/".join(map(str, identity))))
+
+
+def event_ids(*identity: object) -> Callable[[object], str]:
+    """``last -> event_id(*identity, last)``: the ids of many events sharing all but their last part, fast.
+
+    The tailer's per-line ids (`logpipe.tail`): the file's identity is
+    joined once, only the byte offset changes.
+    """
+    prefix = "".join(f"{part}/" for part in identity)
+    namespace, uuid5 = _NAMESPACE, _uuid5
+    return lambda last: str(uuid5(namespace, f"{prefix}{last}"))
 
 
 def normalize_level(level: Any) -> str:

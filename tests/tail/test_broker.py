@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -166,3 +169,113 @@ def test_broker_stopped_and_restarted_mid_tail_loses_nothing(own_broker: Service
     values = Counter(m.value for m in consume_all(own_broker.address, topic))
     assert set(values) == set(lines)  # nothing lost; a record Kafka wrote but never acknowledged may repeat
     assert registry_offsets(opts) == {str(log): log.stat().st_size}
+
+
+def mixed_events(n: int) -> tuple[list[bytes], int]:
+    """Lines of *n* events of every kind (KafkaLog, zap, ECS, text, Python tracebacks) and how many events."""
+    lines: list[bytes] = []
+    events = 0
+    own = kafkalog_lines(n // 5 + 1)
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            lines.append(own[i // 5])
+        elif kind == 1:
+            lines.append(b'{"level":"error","ts":1764745267.1,"caller":"db.go:88","msg":"query %d failed"}' % i)
+        elif kind == 2:
+            lines.append(b'{"@timestamp":"2026-01-01T12:00:00Z","log.level":"warn","message":"ecs %d"}' % i)
+        elif kind == 3:
+            lines.append(b"2026-01-01 12:00:00 INFO plain text %d" % i)
+        else:
+            lines += [
+                b"2026-01-01 12:00:00 ERROR failed %d" % i,
+                b"Traceback (most recent call last):",
+                b'  File "/app/x.py", line 1, in <module>',
+                b"ValueError: %d" % i,
+            ]
+        events += 1
+    return lines, events
+
+
+@pytest.mark.kafka
+@pytest.mark.elasticsearch
+@pytest.mark.slow
+def test_sigkill_mid_file_then_restart_every_event_one_id(
+    kafka_service: Service, es_service: Service, tmp_path: Path
+) -> None:
+    """`logpipe tail` SIGKILLed mid-file and restarted: Kafka may hold repeats, but each event has one Id.
+
+    Wrapped, mapped (zap, ECS), joined (tracebacks) and KafkaLog lines alike:
+    the set of Ids on the topic is exactly one per event, so `logpipe ship`
+    (``_id`` = ``Id``) stores each event once.
+    """
+    from elasticsearch import Elasticsearch
+    from logpipe.elasticsearch.template import template_name
+
+    topic = unique_topic("sigkill")
+    log = tmp_path / "app.log"
+    lines, events = mixed_events(6000)
+    half = len(lines) // 2
+    while not lines[half].startswith(b"2026"):  # the second half begins with an event's first line
+        half += 1
+    write(log, lines[:half])
+    logpipe = str(Path(sys.executable).parent / "logpipe")
+    command = [logpipe, "tail", "-q", "-b", kafka_service.address, "-t", topic, "--registry", "reg.json", str(log)]
+    env = {
+        **os.environ,
+        "LOGPIPE_TAIL_MULTILINE": "python",
+        "LOGPIPE_TAIL_BATCH_SIZE": "100",
+        "LOGPIPE_TAIL_REGISTRY_FLUSH": "60",  # written once early, then not again: the kill loses what follows
+        "LOGPIPE_TAIL_DEAD_LETTER": str(tmp_path / "dead.jsonl"),
+    }
+    registry = tmp_path / "reg.json"
+
+    def offset() -> int:
+        try:
+            return int(orjson.loads(registry.read_bytes())["files"][0]["offset"])
+        except (OSError, ValueError, LookupError):
+            return 0
+
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: offset() > 0 or first.poll() is not None, timeout=120, interval=0.01)
+        write(log, lines[half:])
+        time.sleep(0.5)  # more is sent and acknowledged, but the registry does not say so
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    assert 0 < offset() < log.stat().st_size, "killed too late: not mid-file"
+    done = subprocess.run([*command, "--once"], cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert offset() == log.stat().st_size
+
+    messages = consume_all(kafka_service.address, topic)
+    ids = [orjson.loads(m.value)["Id"] for m in messages]
+    assert len(set(ids)) == events < len(ids)  # repeats, each with the Id of its first sending
+    own = {orjson.loads(line)["Id"] for line in lines if line.startswith(b'{"Type"')}
+    assert own <= set(ids)
+    for m in messages:
+        assert dict(m.headers)["id"] == orjson.loads(m.value)["Id"].encode()
+
+    prefix = f"lptest-{topic[-10:]}"
+    ship = [
+        logpipe, "ship", "-q", "-b", kafka_service.address, "-t", topic, "-g", prefix,
+        "--es-hosts", es_service.address, "--index-prefix", prefix,
+    ]  # fmt: skip
+    ship_env = {**os.environ, "LOGPIPE_ELASTICSEARCH_REPLICAS": "0"}
+    shipper = subprocess.Popen(ship, env=ship_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with Elasticsearch(es_service.address, request_timeout=30) as client:
+        try:
+
+            def count() -> int:
+                client.options(ignore_status=404).indices.refresh(index=f"{prefix}-*")
+                return int(client.options(ignore_status=404).count(index=f"{prefix}-*").get("count", 0))
+
+            wait_until(lambda: count() >= events, timeout=180, interval=0.5)
+            time.sleep(1.0)  # nothing more arrives: each repeat overwrote its document
+            assert count() == events
+        finally:
+            shipper.send_signal(signal.SIGTERM)
+            shipper.wait(60)
+            client.options(ignore_status=404).indices.delete(index=f"{prefix}-*")
+            client.options(ignore_status=404).indices.delete_index_template(name=template_name(prefix))

@@ -68,7 +68,7 @@ def drain(h: Harvester, max_line: int = 1024) -> tuple[list[str], list[int]]:
     offsets: list[int] = []
     while h.read(max_line, stats):
         pass
-    h.take(1000, 1 << 20, records, offsets, "", stats)
+    h.take(1000, 1 << 20, records, offsets, stats)
     return [orjson.loads(r.payload)["Msg"] for r in records], offsets
 
 

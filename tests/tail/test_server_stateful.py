@@ -77,6 +77,10 @@ lines_strategy = st.lists(
 
 
 class TailMachine(RuleBasedStateMachine):
+    #: LOGPIPE_TAIL_MULTILINE: the numbered lines never continue an event, but with a rule each goes
+    #: through the Assembler, held until the next line or the end (the registry at its first line).
+    multiline = "none"
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="logpipe-tail-model-"))
@@ -101,6 +105,7 @@ class TailMachine(RuleBasedStateMachine):
                 "max_backoff": 0.02,
                 "shutdown_timeout": 0.0,
                 "registry_flush": 0.0,
+                "multiline": self.multiline,
             },
             environ={},
         )
@@ -223,3 +228,11 @@ TailMachine.TestCase.settings = settings(
     max_examples=30, stateful_step_count=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestTailMachine = TailMachine.TestCase
+
+
+class MultilineTailMachine(TailMachine):
+    multiline = "python"
+
+
+MultilineTailMachine.TestCase.settings = TailMachine.TestCase.settings
+TestMultilineTailMachine = MultilineTailMachine.TestCase

@@ -80,8 +80,10 @@ def tail(
 ) -> None:
     """Send every line of the files matching PATH_OR_GLOB to Kafka, one message per line (Filebeat's role).
 
-    KafkaLog lines (what logpipe's file exporter writes) go as they are; any
-    other line is wrapped into a KafkaLog record. Progress is kept in a
+    KafkaLog lines (what logpipe's file exporter writes) go as they are; other
+    programs' JSON lines (zap, ECS, ...) are mapped onto KafkaLog, any other
+    line is wrapped into a KafkaLog record (LOGPIPE_TAIL_FORMATS,
+    LOGPIPE_TAIL_MULTILINE: see docs/tail.md). Progress is kept in a
     registry file and advances only after Kafka acknowledged, so a restart
     resumes where it stopped. Quote globs ('logs/*.jsonl*') so new files that
     match are picked up. Stop with SIGTERM or Ctrl-C: batches in flight are
@@ -150,7 +152,8 @@ def _summary(stats: TailStats, unacknowledged: int) -> str:
     seconds = time.monotonic() - stats.started
     text = (
         f"logpipe tail: stopped after {seconds:.1f}s: lines_read={stats.lines_read} sent={stats.sent} "
-        f"wrapped={stats.wrapped} too_long={stats.too_long} empty={stats.empty} "
+        f"wrapped={stats.wrapped} parsed={stats.parsed} joined={stats.joined} too_long={stats.too_long} "
+        f"empty={stats.empty} "
         f"dead_lettered={stats.dead_lettered} retries={stats.retries} rotations={stats.rotations} "
         f"truncations={stats.truncations} unacknowledged={unacknowledged} rate={stats.rate:.0f} lines/s"
     )
@@ -180,7 +183,8 @@ def _render(options: TailOptions, stats: TailStats, rate: float) -> Group:
     head.add_row("lines read", f"{stats.lines_read:,}  ({stats.bytes_read / 1e6:,.1f} MB)")
     head.add_row(
         "sent",
-        f"{stats.sent:,}  in flight {stats.in_flight:,}  wrapped {stats.wrapped:,}  too long {stats.too_long:,}",
+        f"{stats.sent:,}  in flight {stats.in_flight:,}  wrapped {stats.wrapped:,}  parsed {stats.parsed:,}  "
+        f"joined {stats.joined:,}  too long {stats.too_long:,}",
     )
     head.add_row("errors", f"{stats.errors:,}  retries {stats.retries:,}  dead-lettered {stats.dead_lettered:,}")
     parts: list[Any] = [head]

@@ -3,8 +3,11 @@
 Each line of a followed file becomes one Kafka message through logpipe's own
 `KafkaExporter`, so the ``LOGPIPE_KAFKA_*`` settings, the ``id``/``trace_id``
 headers and the outage detection are the same as for records logged directly:
-a KafkaLog line is sent byte for byte (`kafkalog_record`), any other line is
-wrapped into a new KafkaLog record (`wrap_line`), never dropped.
+a KafkaLog line is sent byte for byte (`kafkalog_record`), another program's
+JSON log line is mapped onto KafkaLog (`logpipe.formats`), any other line is
+wrapped into a new KafkaLog record (`wrap_line`), never dropped; container
+logs are unwrapped and multi-line events joined. Records built here get
+deterministic ids (`records.file_ids`).
 
 Delivery is at least once: the registry (`Registry`) keeps one offset per
 file, keyed by device and inode, and only ever advances to the end of lines
@@ -18,7 +21,10 @@ The parts, named after Vector's file source (see docs/tail.md):
 * `fingerprint` -- what makes a file the same file (device, inode, head CRC);
 * `checkpoint` -- the registry on disk;
 * `harvester` -- reading one file: blocks -> lines, partial and long lines, truncation;
-* `records` -- a line -> the record sent for it;
+* `container` -- CRI and Docker ``json-file`` framing;
+* `multiline` -- which line continues a multi-line event (presets, a regex);
+* `events` -- a file's lines -> events (container pieces and multi-line events joined);
+* `records` -- an event -> the record sent for it, and its id;
 * `files` -- the open set: opening, rotation, closing, registry entries;
 * `server` -- the `Tailer` loop tying them to the exporter.
 

@@ -20,6 +20,7 @@ from .fingerprint import Key, grown_head, key_of, same_head
 from .harvester import Harvester
 from .options import ENV_PREFIX, TailOptions
 from .paths import scan
+from .records import RecordMaker
 from .stats import TailStats
 
 __all__ = ["Files"]
@@ -41,6 +42,7 @@ class Files:
         self._saved_at: float | None = None
         self._first_scan = True
         self._own = {os.path.abspath(options.registry), os.path.abspath(options.dead_letter)}
+        self.maker = RecordMaker.from_options(options)
 
     # -- what is open -------------------------------------------------------------------
 
@@ -81,7 +83,7 @@ class Files:
             os.close(fd)
             return
         offset, head = start
-        self.open[key] = Harvester(key, path, fd, offset, head)
+        self.open[key] = Harvester(key, path, fd, offset, head, self.maker)
         entry = self.registry.entries.get(key)
         if entry is None or entry.offset != offset or entry.path != path:
             self.registry.entries[key] = RegistryEntry(key[0], key[1], path, offset, head[0], head[1])

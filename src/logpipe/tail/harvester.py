@@ -9,19 +9,26 @@ concurrent writer never moves its position) and keeps the lines of the block
 until the tailer takes them.
 
 `Harvester.take` is the hot path of ``logpipe tail``: one loop over the lines
-held, with nothing per line but the recognition of the line
-(`kafkalog_record`) and two list appends. Keep it that way
-(bench/tail_throughput.py measures it).
+held, with nothing per line but the recognition of the line (a first byte
+that is not ``{`` is text: no JSON parse; else `kafkalog_record`, then
+another program's format) and two list appends. Keep it that way
+(bench/tail_throughput.py measures it). A file whose lines are not each one
+event (container framing, multi-line joining) takes the other loop, through
+its `Assembler`; the offset it reports for the registry (`Harvester.mark`)
+then stays at the first line of the event in hand.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from ..record import Record
+from . import container
+from .events import Assembler, Event
 from .fingerprint import Head, Key
-from .records import kafkalog_record, wrap_line
+from .records import RecordMaker, file_ids, kafkalog_record, wrap_line
 from .stats import TailStats
 
 __all__ = ["CHUNK", "Harvester"]
@@ -33,7 +40,7 @@ CHUNK = 1 << 20
 class Harvester:
     """One open file: what has been read, what is acknowledged, the lines not yet batched."""
 
-    def __init__(self, key: Key, path: str, fd: int, offset: int, head: Head) -> None:
+    def __init__(self, key: Key, path: str, fd: int, offset: int, head: Head, maker: RecordMaker | None = None) -> None:
         self.key = key
         self.path = path
         self.fd = fd
@@ -57,14 +64,56 @@ class Harvester:
         self.moved = False
         self.last_data = time.monotonic()
         self.at_eof = False
+        self.maker = RecordMaker() if maker is None else maker
+        #: The format forced for this file (LOGPIPE_TAIL_FORMATS), else auto.
+        self.format = self.maker.format_for(path)
+        #: JSON may be recognised (not the plain format).
+        self.parse = self.format != "plain"
+        #: Container framing still to be told from the first line (auto format only).
+        self.sniffing = self.format == "auto"
+        self.assembler = self._assembler()
+        #: What is in hand must be sent now (quiet for multiline_timeout, or --once at the end).
+        self.flush_due = False
+        self._ids: Callable[[object], str] | None = None
+
+    def _assembler(self) -> Assembler | None:
+        framing = self.format if self.format in ("cri", "docker") else None
+        return self.maker.assembler(framing)
 
     def has_lines(self) -> bool:
-        return self.index < len(self.lines)
+        return self.index < len(self.lines) or self.flush_due
+
+    @property
+    def mark(self) -> int:
+        """Where the registry may move to: past the lines handed out, but not into an event still in hand."""
+        if self.assembler is not None:
+            start = self.assembler.start
+            if start is not None:
+                return start
+        return self.pos
+
+    def quiet(self) -> float:
+        """Seconds since data was last read from the file."""
+        return time.monotonic() - self.last_data
+
+    @property
+    def holding(self) -> bool:
+        """Lines of an incomplete event (container pieces, a multi-line event) are in hand."""
+        return self.assembler is not None and self.assembler.start is not None
+
+    def ids(self) -> Callable[[object], str]:
+        """``offset -> Id`` of the records built from this file (`file_ids`)."""
+        if self._ids is None:
+            try:
+                self._ids = file_ids(self.fd, self.key, self.maker.id_head)
+            except OSError:  # not seen in practice (the file is open); ids without the head then
+                self._ids = file_ids(-1, self.key, 0)
+        return self._ids
 
     @property
     def done(self) -> bool:
         """Everything read was handed out and acknowledged, and the file is at its end (for now)."""
-        return self.at_eof and not self.has_lines() and self.committed >= self.pos
+        return self.at_eof and not self.has_lines() and not self.holding and self.committed >= self.pos
 
     def read(self, max_line: int, stats: TailStats) -> bool:
         """Read the next block into lines; False at the end of the file (for now). Raises `OSError`."""
@@ -106,6 +155,10 @@ class Harvester:
         self.pos = self.committed = self.read_to = 0
         self.lines, self.index, self.pieces, self.partial, self.continued = [], 0, {}, b"", False
         self.head = (0, 0)
+        self.sniffing = self.format == "auto"
+        self.assembler = self._assembler()
+        self.flush_due = False
+        self._ids = None
 
     def _split_long(self, lines: list[bytes], max_line: int, stats: TailStats) -> list[bytes]:
         """Cut lines (and the partial one) longer than *max_line* into pieces, marking them."""
@@ -148,14 +201,17 @@ class Harvester:
         self.partial = b""
         return True
 
-    def take(
-        self, limit: int, budget: int, out: list[Record], offsets: list[int], service: str, stats: TailStats
-    ) -> tuple[int, int]:
+    def take(self, limit: int, budget: int, out: list[Record], offsets: list[int], stats: TailStats) -> tuple[int, int]:
         """Append records of up to *limit* lines / *budget* bytes to *out*; (lines taken, bytes taken).
 
         *offsets* gets, in step with *out*, the byte offset in this file of
-        the line (or piece) each record was made of: where a dead letter came from.
+        the line (or piece, or first line of a joined event) each record was
+        made of: its ``Id`` and where a dead letter came from.
         """
+        if self.sniffing:
+            self._sniff()
+        if self.assembler is not None:
+            return self._take_events(limit, budget, out, offsets, stats)
         lines = self.lines
         start = self.index
         stop = min(len(lines), start + limit)
@@ -165,7 +221,11 @@ class Harvester:
         path = self.path
         append = out.append
         mark = offsets.append
-        wrapped = empty = 0
+        maker = self.maker
+        service = maker.service
+        parse = self.parse
+        ids = self.ids() if stop > start else str
+        wrapped = parsed = empty = 0
         k = start
         while k < stop:
             line = lines[k]
@@ -186,9 +246,14 @@ class Harvester:
             if not line:
                 empty += 1
             else:
-                record = None if split else kafkalog_record(line)
+                record = None
+                if parse and not split and line[:1] == b"{":  # text never pays for a JSON parse
+                    record = kafkalog_record(line)
+                    if record is None:
+                        record = maker.foreign(line, path, pos, ids(pos))
+                        parsed += record is not None
                 if record is None:
-                    record = wrap_line(line, path, pos, service=service, split=split)
+                    record = wrap_line(line, path, pos, service=service, split=split, record_id=ids(pos))
                     wrapped += 1
                 append(record)
                 mark(pos)
@@ -196,7 +261,78 @@ class Harvester:
             k += 1
         stats.lines_read += k - start
         stats.wrapped += wrapped
+        stats.parsed += parsed
         stats.empty += empty
         self.index = k
         self.pos = pos
         return k - start, taken
+
+    def _sniff(self) -> None:
+        """Auto format: the first non-empty line tells a container log (CRI, Docker json-file) from any other."""
+        for line in self.lines[self.index :]:
+            if line:
+                framing = container.sniff(line.rstrip(b"\r"))
+                if framing is not None:
+                    self.assembler = self.maker.assembler(framing)
+                self.sniffing = False
+                return
+
+    def _take_events(
+        self, limit: int, budget: int, out: list[Record], offsets: list[int], stats: TailStats
+    ) -> tuple[int, int]:
+        """`take` for files whose events span lines: each line through the `Assembler`, finished events to records."""
+        assembler = self.assembler
+        assert assembler is not None
+        lines = self.lines
+        start = self.index
+        stop = min(len(lines), start + limit)
+        taken = 0
+        pos = self.pos
+        pieces = self.pieces
+        events: list[Event] = []
+        empty = 0
+        k = start
+        while k < stop:
+            line = lines[k]
+            size = len(line)
+            if taken + size > budget and k > start:
+                break
+            taken += size
+            consumed = size + 1
+            split = False
+            if pieces and k in pieces:
+                consumed = pieces[k]
+                if consumed < 0:
+                    consumed = -consumed
+                else:
+                    split = True
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            empty += not line
+            assembler.feed(line, pos, split, events)
+            pos += consumed
+            k += 1
+        if self.flush_due and k == len(lines):
+            assembler.flush(events)
+            self.flush_due = False
+        stats.lines_read += k - start
+        stats.empty += empty
+        self.index = k
+        self.pos = pos
+        if events:
+            self._build(events, out, offsets, stats)
+        return k - start, taken
+
+    def _build(self, events: list[Event], out: list[Record], offsets: list[int], stats: TailStats) -> None:
+        ids = self.ids()
+        maker, path, parse = self.maker, self.path, self.parse
+        for event in events:
+            record, how = maker.event(event, path, ids, parse)
+            out.append(record)
+            offsets.append(event.offset)
+            if how == 1:
+                stats.parsed += 1
+            elif how == 2:
+                stats.wrapped += 1
+            if "multiline" in event.flags:
+                stats.joined += 1

@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
+import fnmatch
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import config
 from ..config import at_least, setting
 from ..exceptions import ConfigError
 
-__all__ = ["ENV_PREFIX", "TailOptions", "load_options"]
+__all__ = ["ENV_PREFIX", "FORMATS", "TailOptions", "load_options"]
 
 ENV_PREFIX = "LOGPIPE_TAIL_"
+
+#: What the lines of a file are (docs/tail.md, "What is recognised"): ``auto`` recognises each line
+#: (KafkaLog, another program's JSON, text) and container framing from a file's first line.
+FORMATS = ("auto", "json", "plain", "cri", "docker")
+
+#: The multi-line presets (`logpipe.tail.multiline`); any other value is a start-of-event regex.
+MULTILINE_PRESETS = ("none", "python", "java", "indented")
+
+
+def _format_rules(value: tuple[str, ...]) -> str | None:
+    for rule in value:
+        glob, sep, name = rule.rpartition("=")
+        if not sep or not glob.strip():
+            return f"{rule!r} is not GLOB=FORMAT"
+        if name.strip() not in FORMATS:
+            return f"{rule!r}: unknown format {name.strip()!r}; choose one of {', '.join(FORMATS)}"
+    return None
+
+
+def _multiline(value: str) -> str | None:
+    if value in MULTILINE_PRESETS:
+        return None
+    return config.regex(value)
+
+
+def _zone(value: str) -> str | None:
+    try:
+        zone_of(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        return f"not a time zone ({exc or 'unknown name'}); use local, UTC or an IANA name such as Europe/Berlin"
+    return None
+
+
+def zone_of(name: str) -> tzinfo | None:
+    """The zone a setting names; None for ``local`` (this machine's zone)."""
+    return None if name == "local" else ZoneInfo(name)
 
 
 @dataclass(frozen=True)
@@ -72,7 +112,34 @@ class TailOptions:
         "JSON Lines file of records Kafka refused, in logpipe's dead-letter format (the payload, the reason, "
         "the file path and line offset it came from).",
     )
-    service: str = setting("", "Service of wrapped lines (lines that are not KafkaLog records).")
+    service: str = setting(
+        "", "Service of the records the tailer builds (lines that are not KafkaLog records and name no service)."
+    )
+    formats: tuple[str, ...] = setting(
+        (),
+        "Format forced per file glob, comma list of GLOB=FORMAT (auto, json, plain, cri, docker), first match "
+        "wins, e.g. /var/log/containers/*.log=cri,*.txt=plain; other files: auto (each line recognised).",
+        check=_format_rules,
+    )
+    multiline: str = setting(
+        "none",
+        "Joining of plain-text lines into one event: none, python (tracebacks), java (stack traces), indented "
+        "(lines starting with whitespace continue), or a regular expression matching the first line of an event.",
+        check=_multiline,
+    )
+    multiline_max_bytes: int = setting(
+        1024 * 1024, "Largest joined event; a longer one is sent in parts (each a record).", check=at_least(16)
+    )
+    multiline_timeout: float = setting(
+        5.0,
+        "Seconds without new data after which an incomplete event (the last traceback of a quiet file) is sent.",
+        check=at_least(0),
+    )
+    timezone: str = setting(
+        "local",
+        "Zone of times without a UTC offset in other programs' JSON lines: local (this machine's) or an IANA name.",
+        check=_zone,
+    )
     shutdown_timeout: float = setting(
         30.0, "Seconds a stop waits for batches in flight (e.g. while Kafka is down).", check=at_least(0)
     )
@@ -99,3 +166,14 @@ def load_options(overrides: Mapping[str, Any] | None = None, environ: Mapping[st
             f"{ENV_PREFIX}MAX_BACKOFF={options.max_backoff:g} must be at least {ENV_PREFIX}BACKOFF={options.backoff:g}"
         )
     return options
+
+
+def format_for(rules: tuple[str, ...], path: str) -> str:
+    """The format *rules* (``formats``) force for *path* (a glob matching its absolute path or name), else auto."""
+    name = os.path.basename(path)
+    for rule in rules:
+        glob, _, fmt = rule.rpartition("=")
+        glob = os.path.expanduser(glob.strip())
+        if fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(name, glob):
+            return fmt.strip()
+    return "auto"

@@ -224,10 +224,10 @@ class Tailer(Runner[TailStats]):
             if not h.has_lines() and not self._fill(h):
                 continue
             paths.append((len(records), h.path))
-            n, size = h.take(lines_left, bytes_left, records, offsets, o.service, self.stats)
+            n, size = h.take(lines_left, bytes_left, records, offsets, self.stats)
             lines_left -= n
             bytes_left -= size
-            marks[h.key] = (h, h.generation, h.pos)
+            marks[h.key] = (h, h.generation, h.mark)
         if not marks:
             return None
         if self.stats.first_at is None:
@@ -246,6 +246,8 @@ class Tailer(Runner[TailStats]):
             self.files.dirty = True  # truncated: the registry goes back to 0 too
         if not h.has_lines() and h.moved and self._done_with(h):
             h.flush_partial()
+        if not h.has_lines() and h.holding and (self.once or h.quiet() >= self.options.multiline_timeout):
+            h.flush_due = True  # the last event of a quiet file: nothing more will join it
         return h.has_lines()
 
     def _done_with(self, h: Harvester) -> bool:

@@ -19,8 +19,12 @@ class TailStats(RunStats):
     bytes_read: int = 0
     #: Records Kafka acknowledged.
     sent: int = 0
-    #: Of the records read, those made by `wrap_line` (the line was not a KafkaLog object).
+    #: Of the records read, those made by `wrap_line` (text, or JSON of no log format).
     wrapped: int = 0
+    #: Of the records read, other programs' JSON log lines mapped onto KafkaLog (zap, ECS, ...).
+    parsed: int = 0
+    #: Of the records read, multi-line events (more than one line joined).
+    joined: int = 0
     #: Lines longer than max_line_bytes (each split into pieces).
     too_long: int = 0
     #: Empty lines, skipped.
