@@ -112,3 +112,43 @@ def test_document_masks_msg_and_field_of_a_foreign_record() -> None:
     doc = {"Type": "info", "Msg": "Bearer abcdefghijklmnop", "Field": {"token": "t"}, "Id": "1"}
     assert Redactor().document(doc) == {**doc, "Msg": f"Bearer {MASK}", "Field": {"token": MASK}}
     assert Redactor().document({"Msg": "fine", "Field": {}}) is None
+
+
+class TestForwarders:
+    """The tailer and the shipper mask what they build from other producers' lines, configurable per command."""
+
+    def test_tail_masks_wrapped_and_mapped_lines(self) -> None:
+        from logpipe.tail.records import RecordMaker, wrap_line
+
+        maker = RecordMaker(redactor=Redactor())
+        wrapped = wrap_line(b"GET /login?x=1 Authorization: Bearer abcdefghijklmnop", "/a.log", 0,
+                            record_id="i", redactor=maker.redactor)  # fmt: skip
+        assert b"abcdefghijklmnop" not in wrapped.payload and MASK.encode() in wrapped.payload
+        mapped = maker.foreign(b'{"level":"info","msg":"login","password":"hunter2"}', "/a.log", 0, "i")
+        assert mapped is not None and b"hunter2" not in mapped.payload
+
+    def test_tail_setting_off(self) -> None:
+        from logpipe.tail import load_options
+        from logpipe.tail.records import RecordMaker
+
+        maker = RecordMaker.from_options(load_options({"paths": ("x",), "redact": False}))
+        record = maker.foreign(b'{"level":"info","msg":"m","password":"hunter2"}', "/a.log", 0, "i")
+        assert record is not None and b"hunter2" in record.payload
+
+    def test_ship_masks_what_it_maps_or_wraps_not_logpipes_records(self) -> None:
+        from logpipe.record import make_record
+        from logpipe.ship.documents import document
+
+        class Message:
+            topic, partition, offset, timestamp, key, headers, leader_epoch = "t", 0, 1, 1764748800000, None, (), None
+
+            def __init__(self, value: bytes) -> None:
+                self.value = value
+
+        redactor = Redactor()
+        zap = document(Message(b'{"level":"error","msg":"db","token":"s3cr3t"}'), 1 << 20, None, redactor)  # type: ignore[arg-type]
+        text = document(Message(b"conn postgres://app:pw123@db/x failed"), 1 << 20, None, redactor)  # type: ignore[arg-type]
+        own = make_record(type="info", msg="as it was made", fields={"note": "password=visible-by-choice"})
+        kept = document(Message(own.payload), 1 << 20, None, redactor)  # type: ignore[arg-type]
+        assert b"s3cr3t" not in zap.payload and b"pw123" not in text.payload  # type: ignore[union-attr]
+        assert kept.payload == own.payload  # type: ignore[union-attr]

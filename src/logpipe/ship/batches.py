@@ -17,6 +17,7 @@ from datetime import timezone, tzinfo
 from .. import elasticsearch as es
 from .. import ingress
 from ..deadletter import DeadLetter
+from ..redact import Redactor
 from .consumer import Message, TopicPartition
 from .deadletters import letter
 from .documents import document
@@ -84,12 +85,13 @@ def prepare(
     prefix: str,
     limit: int,
     zone: tzinfo | None = timezone.utc,
+    redactor: Redactor | None = None,
 ) -> Batch:
     """A batch of *messages* as bulk lines (`logpipe.ship.documents`); what is too large becomes a dead letter."""
     items = list(messages)
     batch = Batch(len(items), ends)
     for message in items:
-        found = document(message, limit, zone)
+        found = document(message, limit, zone, redactor)
         if isinstance(found, ingress.Invalid):
             batch.dead.append(letter(message, _why(found, limit)))
             continue

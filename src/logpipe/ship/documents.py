@@ -31,6 +31,7 @@ import orjson
 
 from .. import formats, ingress
 from ..record import Record, encode, format_iso, wire_document
+from ..redact import Redactor
 from .consumer import Message
 
 __all__ = ["document"]
@@ -40,8 +41,14 @@ RAW_TYPE = "raw"
 ACTION = "ship"
 
 
-def document(message: Message, limit: int, zone: tzinfo | None) -> Record | ingress.Invalid:
-    """The record to index for *message*, or why it cannot be (over *limit* bytes)."""
+def document(
+    message: Message, limit: int, zone: tzinfo | None, redactor: Redactor | None = None
+) -> Record | ingress.Invalid:
+    """The record to index for *message*, or why it cannot be (over *limit* bytes).
+
+    With *redactor*, secrets in what the shipper maps or wraps are masked
+    (logpipe's own records were masked where they were made, and pass as they are).
+    """
     value = message.value
     if value is not None and len(value) > limit:
         return ingress.Invalid(f"{len(value)} bytes, over the limit of {limit}")
@@ -52,8 +59,10 @@ def document(message: Message, limit: int, zone: tzinfo | None) -> Record | ingr
     record_id = formats.coordinates_id(message.topic, message.partition, message.offset)
     doc = _object(value)
     if doc is None:
-        return _text(value or b"", message, received, record_id)
+        return _text(value or b"", message, received, record_id, redactor)
     out, ts = formats.normalize(doc, received=received, record_id=record_id, zone=zone, action=ACTION, host="")
+    if redactor is not None:
+        out = redactor.document(out) or out
     return Record(out["Id"], ts, out["TraceId"], out["Service"], encode(out))
 
 
@@ -73,10 +82,11 @@ def _object(value: bytes | None) -> dict[str, object] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _text(value: bytes, message: Message, received: float, record_id: str) -> Record:
+def _text(value: bytes, message: Message, received: float, record_id: str, redactor: Redactor | None) -> Record:
     source = {"kafka": {"topic": message.topic, "partition": message.partition, "offset": message.offset}}
-    doc = wire_document(
-        RAW_TYPE, ACTION, format_iso(received), ingress.printable(value), source, "", "", "", "", record_id
-    )
+    msg = ingress.printable(value)
+    if redactor is not None:
+        msg = redactor.text(msg)
+    doc = wire_document(RAW_TYPE, ACTION, format_iso(received), msg, source, "", "", "", "", record_id)
     doc["Host"] = ""  # not the shipper's machine: where the bytes came from is unknown
     return Record(record_id, received, "", "", encode(doc))

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import config
 from .. import elasticsearch as es
-from ..config import at_least, setting
+from ..config import at_least, regex, setting
 from ..elasticsearch.options import _check_hosts, _check_prefix
 from ..exceptions import ConfigError
 from ..kafkaclient import Connection, KafkaSecurity
@@ -103,6 +103,15 @@ class ShipOptions(KafkaSecurity):
         None,
         "JSON file rewritten every STATUS_INTERVAL with the state and counters, for health checks "
         "(logpipe health reads it; the container image sets it).",
+    )
+    redact: bool = setting(
+        True,
+        "Mask secrets in what the shipper maps or wraps (other producers' messages), by LOGPIPE_REDACT's rules; "
+        "logpipe's own records were masked where they were made.",
+    )
+    redact_keys: tuple[str, ...] = setting((), "More key names whose values are masked (case-insensitive).")
+    redact_pattern: str | None = setting(
+        None, "A regular expression whose matches in any text are masked too.", check=regex
     )
     default_timezone: str = setting(
         "UTC",

@@ -34,6 +34,7 @@ from .. import elasticsearch as es
 from ..backoff import Backoff
 from ..deadletter import DeadLetter
 from ..inflight import Deferred, Done, InFlight, Pending
+from ..redact import Redactor
 from ..runner import Runner
 from .batches import Batch, prepare
 from .consumer import (
@@ -99,6 +100,7 @@ class Shipper(Runner[ShipStats]):
         )
         self.options = options
         self._zone = zone(options.default_timezone)
+        self._redactor = Redactor(options.redact_keys, options.redact_pattern) if options.redact else None
         self.es_options = es_options
         self._track_lag = track_lag
         #: The Kafka client library in use (`resolve_client`'s answer), for humans.
@@ -228,7 +230,9 @@ class Shipper(Runner[ShipStats]):
 
     def _submit(self, messages: Sequence[Message], ends: dict[TopicPartition, Message]) -> None:
         """Check *messages* and start the bulk requests of the good ones; the batch takes its commit place."""
-        batch = prepare(messages, ends, self.es_options.index_prefix, self.options.max_message_bytes, self._zone)
+        batch = prepare(
+            messages, ends, self.es_options.index_prefix, self.options.max_message_bytes, self._zone, self._redactor
+        )
         self._send(batch, range(len(batch.lines)))
 
     def _send(self, batch: Batch, positions: Sequence[int]) -> None:

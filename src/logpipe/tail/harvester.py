@@ -253,7 +253,9 @@ class Harvester:
                         record = maker.foreign(line, path, pos, ids(pos))
                         parsed += record is not None
                 if record is None:
-                    record = wrap_line(line, path, pos, service=service, split=split, record_id=ids(pos))
+                    record = wrap_line(
+                        line, path, pos, service=service, split=split, record_id=ids(pos), redactor=maker.redactor
+                    )
                     wrapped += 1
                 append(record)
                 mark(pos)

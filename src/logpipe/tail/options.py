@@ -12,7 +12,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .. import config
-from ..config import at_least, setting
+from ..config import at_least, regex, setting
 from ..exceptions import ConfigError
 
 __all__ = ["ENV_PREFIX", "FORMATS", "TailOptions", "load_options"]
@@ -114,6 +114,15 @@ class TailOptions:
     )
     service: str = setting(
         "", "Service of the records the tailer builds (lines that are not KafkaLog records and name no service)."
+    )
+    redact: bool = setting(
+        True,
+        "Mask secrets in the records the tailer builds (wrapped and mapped lines), by LOGPIPE_REDACT's rules; "
+        "lines that are already KafkaLog records were masked where they were made.",
+    )
+    redact_keys: tuple[str, ...] = setting((), "More key names whose values are masked (case-insensitive).")
+    redact_pattern: str | None = setting(
+        None, "A regular expression whose matches in any text are masked too.", check=regex
     )
     formats: tuple[str, ...] = setting(
         (),

@@ -28,6 +28,7 @@ import orjson
 from .. import formats, ingress
 from ..ingress import printable
 from ..record import HOST, Record, encode, format_iso, new_id, wire_document
+from ..redact import Redactor
 from .events import Assembler, Event
 from .fingerprint import Key
 from .multiline import rule as multiline_rule
@@ -116,6 +117,7 @@ def wrap_line(
     record_id: str | None = None,
     flags: tuple[str, ...] = (),
     stream: str | None = None,
+    redactor: Redactor | None = None,
 ) -> Record:
     """A new KafkaLog record for a line (or joined lines) that is not one (see docs/tail.md, "What is recognised").
 
@@ -125,7 +127,8 @@ def wrap_line(
     ...}, "offset": ...}}`` (plus ``"flags"``: ``split`` for pieces of a line
     longer than max_line_bytes, ``multiline`` for joined lines; and
     ``stream`` for a container's line), ``Id`` *record_id* (default: a new
-    UUIDv7); ``Host`` is this machine's, as for every record.
+    UUIDv7); ``Host`` is this machine's, as for every record. With
+    *redactor*, secret-looking text in ``Msg`` is masked (`logpipe.redact`).
     """
     ts = time.time() if ts is None else ts
     if split:
@@ -137,6 +140,8 @@ def wrap_line(
         record_id = new_id()
     # joined lines keep their line breaks (printable would escape them)
     msg = "\n".join(map(printable, line.split(b"\n"))) if "multiline" in flags else printable(line)
+    if redactor is not None:
+        msg = redactor.text(msg)
     doc = wire_document(WRAPPED_TYPE, WRAPPED_ACTION, format_iso(ts), msg, field, "", "", "", service, record_id)
     return Record(record_id, ts, "", service, encode(doc))
 
@@ -153,8 +158,11 @@ class RecordMaker:
         multiline: str = "none",
         multiline_max_bytes: int = 1 << 20,
         max_line_bytes: int = 1 << 19,
+        redactor: Redactor | None = None,
     ) -> None:
         self.service = service
+        #: Masks secrets in the records this tailer builds (lines already KafkaLog records were masked where made).
+        self.redactor = redactor
         self.zone = zone
         self.formats = formats
         self.rule = multiline_rule(multiline)
@@ -171,6 +179,7 @@ class RecordMaker:
             multiline=options.multiline,
             multiline_max_bytes=options.multiline_max_bytes,
             max_line_bytes=options.max_line_bytes,
+            redactor=Redactor(options.redact_keys, options.redact_pattern) if options.redact else None,
         )
 
     def format_for(self, path: str) -> str:
@@ -214,6 +223,8 @@ class RecordMaker:
             service=self.service,
             host=HOST,
         )
+        if self.redactor is not None:
+            out = self.redactor.document(out) or out
         field = out["Field"]
         if not isinstance(field, dict):
             field = out["Field"] = {"Field": field}
@@ -251,6 +262,7 @@ class RecordMaker:
             record_id=ids(event.offset),
             flags=event.flags,
             stream=event.stream,
+            redactor=self.redactor,
         )
         return record, 2
 
