@@ -116,3 +116,29 @@ def test_the_surrogates_of_the_issue_are_escaped_not_fatal(call: Any) -> None:
         call(structlog.get_logger())
     text = orjson.dumps(records[0]).decode()
     assert "\\\\xff" in text or "\\\\ud800" in text
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    msg=st.one_of(texts, surrogates, st.builds(BadRepr)),
+    args=st.lists(values, max_size=3),
+    extra=st.dictionaries(texts.filter(lambda k: k.isidentifier() and not k.startswith("_")), values, max_size=3),
+)
+def test_a_logging_record_never_raises_and_encodes_valid_json(msg: Any, args: list[Any], extra: dict[str, Any]) -> None:
+    """The same for standard library records through logpipe.LoggingHandler (%-formatting that fails included)."""
+    import logging
+
+    exporter = InMemoryExporter()
+    logpipe.configure(exporter=[exporter], local_render="none", batch_delay=3600)
+    logger = logging.getLogger("tests.hostile")
+    handler = logpipe.LoggingHandler()
+    logger.addHandler(handler)
+    logger.propagate = False
+    reserved = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+    try:
+        logger.warning(msg, *args, extra={k: v for k, v in extra.items() if k not in reserved})
+    finally:
+        logger.removeHandler(handler)
+    logpipe.flush(5)
+    (record,) = exporter.records  # not dropped, even when the message cannot be %-formatted
+    _valid(record.payload)

@@ -8,20 +8,24 @@ runs a small application in a subprocess and counts every record.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import orjson
 import pytest
+
+from conftest import Service, consume_all
 
 APP = """
 import multiprocessing as mp, os, sys, structlog, logpipe
 from concurrent.futures import ProcessPoolExecutor
 
 def configure():
-    structlog.configure(processors=logpipe.processors(exporter="file", local_render="none", batch_delay=3600))
+    structlog.configure(processors=logpipe.processors(local_render="none", batch_delay=3600))  # exporter: LOGPIPE_*
 
 def work(n):
     if mp.get_start_method() != "fork":
@@ -59,15 +63,24 @@ if __name__ == "__main__":
 """
 
 
-def run_app(tmp_path: Path, mode: str, method: str) -> tuple[list[dict], str]:  # type: ignore[type-arg]
+def run_app(tmp_path: Path, mode: str, method: str, **env: str) -> tuple[list[dict], str]:  # type: ignore[type-arg]
+    """Run the application; its records, read back from the file exporter's file (or *env*'s Kafka topic)."""
     script = tmp_path / "app.py"
     script.write_text(textwrap.dedent(APP))
     done = subprocess.run(
-        [sys.executable, str(script), mode, method], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, str(script), mode, method],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "LOGPIPE_EXPORTER": "file", **env},
     )
     assert done.returncode == 0, done.stderr
-    lines = (tmp_path / "logs" / "logpipe.jsonl").read_bytes().splitlines()
-    return [orjson.loads(line) for line in lines], done.stderr
+    if env.get("LOGPIPE_EXPORTER") == "kafka":
+        payloads = [m.value for m in consume_all(env["LOGPIPE_KAFKA_BOOTSTRAP_SERVERS"], env["LOGPIPE_KAFKA_TOPIC"])]
+    else:
+        payloads = (tmp_path / "logs" / "logpipe.jsonl").read_bytes().splitlines()
+    return [orjson.loads(p) for p in payloads], done.stderr
 
 
 @pytest.mark.parametrize(
@@ -86,4 +99,19 @@ def test_every_record_of_every_worker_arrives(tmp_path: Path, mode: str, method:
     work = {(r["Field"]["n"], r["Field"]["i"]) for r in records if r["Msg"] == "work"}
     assert len(work) == 3000, f"{3000 - len(work)} of 3,000 records lost"
     assert [r["Msg"] for r in records].count("master done") == 1
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(("mode", "method"), [("process", "fork"), ("pool", "fork"), ("process", "spawn")])
+def test_with_the_kafka_exporter_in_its_child_process(
+    tmp_path: Path, kafka_service: Service, mode: str, method: str
+) -> None:
+    """The Kafka exporter runs in a child process of each worker: every record still arrives, no traceback."""
+    topic = f"workers-{uuid.uuid4().hex[:8]}"
+    kafka = {"LOGPIPE_EXPORTER": "kafka", "LOGPIPE_KAFKA_BOOTSTRAP_SERVERS": kafka_service.address,
+             "LOGPIPE_KAFKA_TOPIC": topic}  # fmt: skip
+    records, stderr = run_app(tmp_path, mode, method, **kafka)
+    work = {(r["Field"]["n"], r["Field"]["i"]) for r in records if r["Msg"] == "work"}
+    assert len(work) == 3000, f"{3000 - len(work)} of 3,000 records lost"
     assert "Traceback" not in stderr

@@ -29,6 +29,7 @@ import threading
 from typing import Any
 
 from . import pipeline as _pipeline
+from .record import _safe_str
 from .report import Reporter
 
 __all__ = ["LoggingHandler", "capture_root"]
@@ -75,7 +76,7 @@ def _event(record: logging.LogRecord) -> dict[str, Any]:
     event: dict[str, Any] = {
         key: value for key, value in vars(record).items() if key not in _STANDARD and not key.startswith("_")
     }
-    event["event"] = record.getMessage()
+    event["event"] = _message(record)
     event["_record"] = record
     event["_ts"] = record.created
     if record.exc_info:
@@ -83,6 +84,14 @@ def _event(record: logging.LogRecord) -> dict[str, Any]:
     if record.stack_info:
         event["stack"] = record.stack_info
     return event
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The formatted message; when ``msg % args`` fails (a wrong format string), both as they came."""
+    try:
+        return record.getMessage()
+    except Exception:
+        return f"{_safe_str(record.msg)} {_safe_str(record.args)}"
 
 
 _installed: LoggingHandler | None = None
