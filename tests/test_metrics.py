@@ -130,23 +130,25 @@ def test_ship_metrics_while_shipping(
     producer = KafkaProducer(bootstrap_servers=kafka_service.address, acks="all")
     for n in range(300):
         producer.send(topic, make_record(type="info", msg=f"m{n}").payload, partition=n % 2)
-    producer.send(topic, b"not json", partition=0)
+    producer.send(topic, b"not json: indexed as a text record", partition=0)
+    producer.send(topic, b"x" * 5000, partition=0)  # over --max-message-bytes: the one dead letter
     producer.flush()
     producer.close()
     port = free_port()
     proc = run_cli(
         "ship", "-t", topic, "-b", kafka_service.address, "--group", f"{topic}-g", "--es-hosts", es_service.address,
         "--index-prefix", prefix, "--dead-letter", f"file:{tmp_path / 'dlq.jsonl'}", "--status-interval", "0.2",
+        "--max-message-bytes", "4096",
         "--metrics-address", f"127.0.0.1:{port}", "-q",
         env={"LOGPIPE_ELASTICSEARCH_REPLICAS": "0"}, cwd=tmp_path,
     )  # fmt: skip
     try:
-        wait_until(lambda: scraped(port, "logpipe_ship_indexed_total") == 300, timeout=90)
+        wait_until(lambda: scraped(port, "logpipe_ship_indexed_total") == 301, timeout=90)
         wait_until(lambda: scraped(port, "logpipe_ship_consumer_lag", topic=topic, partition="1") == 0, timeout=30)
         families = scrape(port)
     finally:
         stop(proc)
-    assert value(families, "logpipe_ship_consumed_total") == 301
+    assert value(families, "logpipe_ship_consumed_total") == 302
     assert value(families, "logpipe_ship_dead_lettered_total") == 1
     assert value(families, "logpipe_ship_errors_total", kind="malformed") == 1
     assert value(families, "logpipe_ship_duplicates_total") == 0
