@@ -25,14 +25,13 @@ import pytest
 import structlog
 
 import logpipe
+from conftest import consume_all, wait_until
 from logpipe.exporters.spool import SpoolExporter, SpoolOptions
 from logpipe.journal import JournalDispatcher
 from logpipe.record import Record, info
 from logpipe.spool import Spool
 from logpipe.spool.group import GroupCommit
 from logpipe.testing import InMemoryExporter
-
-from conftest import consume_all, wait_until
 
 
 def journal_for(tmp_path: Path, exporter: InMemoryExporter, **options: object) -> JournalDispatcher:
@@ -70,16 +69,44 @@ class TestGroupCommit:
         assert [len(w) for w in writes] == [1, n - 1]
         assert (group.batches, group.records) == (2, n)
 
-    def test_the_leader_waits_up_to_max_wait_for_company(self) -> None:
-        """With max_wait, the first caller holds the write until max_batch callers have joined."""
+    def test_the_leader_waits_for_as_many_callers_as_the_last_batch_had(self) -> None:
+        """After a batch of 3, the next leader holds the write (up to max_wait) until 3 callers have joined."""
+        release = threading.Event()
         sizes: list[int] = []
-        group = GroupCommit(lambda p: sizes.append(len(p)) or len(p), max_wait=30.0, max_batch=4)
-        threads = [threading.Thread(target=group.append, args=(b"x",)) for _ in range(4)]
-        for t in threads:
+
+        def write(payloads: list[bytes]) -> int:
+            sizes.append(len(payloads))
+            if len(sizes) == 1:
+                assert release.wait(30)
+            return len(payloads)
+
+        group = GroupCommit(write, max_wait=30.0)
+        first = threading.Thread(target=group.append, args=(b"first",))
+        first.start()
+        wait_until(lambda: sizes, timeout=10)
+        batch = [threading.Thread(target=group.append, args=(b"x",)) for _ in range(3)]
+        for t in batch:
             t.start()
-        for t in threads:
+        wait_until(lambda: group.pending() == 3, timeout=10)
+        release.set()  # sizes so far: [1, 3]; the next three callers come one by one
+        for t in [first, *batch]:
             t.join(30)
-        assert sizes == [4]
+        late = [threading.Thread(target=group.append, args=(b"y",)) for _ in range(3)]
+        for t in late:
+            t.start()
+            wait_until(lambda: group.pending() or sizes[-1] == 3, timeout=10)
+        for t in late:
+            t.join(30)
+        assert sizes == [1, 3, 3]
+
+    def test_a_lone_caller_never_waits(self) -> None:
+        """One thread logging alone: each call is written at once, whatever max_wait says."""
+        group = GroupCommit(len, max_wait=30.0)
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert group.append(b"x")
+        assert time.monotonic() - t0 < 10
+        assert group.batches == 5
 
     def test_a_failed_write_reaches_every_caller_of_the_batch(self) -> None:
         """Every caller whose record was in the failed batch hears the error, not only the leader."""

@@ -315,9 +315,9 @@ class Settings:
         "(size cap and full policy from LOGPIPE_SPOOL_*).",
     )
     durable_max_wait: float = setting(
-        0.0,
-        "Durable mode: seconds the first caller of a group commit waits for others before the write and fsync "
-        "(0: callers that arrive during an fsync are grouped anyway).",
+        0.002,
+        "Durable mode: most seconds the first caller of a group commit waits for as many callers as the previous "
+        "batch held before the write and fsync (a lone thread never waits; 0: no wait).",
         check=at_least(0),
     )
     durable_max_batch: int = setting(1024, "Durable mode: most records in one group commit.", check=at_least(1))

@@ -74,7 +74,7 @@ class JournalDispatcher:
         journal: SpoolExporter,
         *,
         name: str = "",
-        max_wait: float = 0.0,
+        max_wait: float = 0.002,
         max_batch: int = 1024,
     ) -> None:
         self.name = name or type(exporter).__name__

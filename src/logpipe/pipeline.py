@@ -328,7 +328,10 @@ def flush(timeout: float | None = None) -> bool:
     True means each record is either delivered (the exporter acknowledged
     it) or durably in the fallback spool, from which it is replayed later
     (``logpipe.stats()[name].waiting`` says how many wait there); False means
-    some record is still queued or in flight after *timeout*.
+    some record is still queued or in flight after *timeout*. In durable mode
+    every record is on disk once its log call returned; flush waits until the
+    journal is delivered, or the exporter fails (True: the records wait in the
+    journal).
     """
     return _current.force_flush(timeout) if _current is not None else True
 

@@ -7,13 +7,16 @@ callers that arrive together are written together:
 * a caller adds its payload to the *open batch* and waits on a condition
   until that batch is written and synced;
 * when no batch is being written, the first waiting caller of the open batch
-  becomes its *leader*: it waits up to ``max_wait`` seconds for company (or
-  until ``max_batch`` records), closes the batch (later callers start the next
-  one), writes it with one ``Spool.append`` (one ``write``, one ``fsync``) and
-  wakes everybody;
+  becomes its *leader*: it waits for company, closes the batch (later callers
+  start the next one), writes it with one ``Spool.append`` (one ``write``, one
+  ``fsync``) and wakes everybody;
 * while a batch is being written, new callers gather in the next one, so under
-  load batches grow by themselves even with ``max_wait`` 0: the wait is only
-  worth it when callers are many and fsyncs cheap.
+  load batches grow by themselves. The leader's wait is for the callers of the
+  batch just written, who are on their way back with their next record: it
+  waits until the batch is as large as the previous one (at most
+  ``max_batch``), never longer than ``max_wait``. Without it, batches
+  alternate between "everybody but the last leader" and "the last leader
+  alone". A lone thread never waits (its previous batch held one record).
 
 No thread of its own: the leader is an application thread that had to wait
 anyway. Order: a thread's records reach the journal in the order it logged
@@ -49,7 +52,7 @@ class GroupCommit:
     they are on disk.
     """
 
-    def __init__(self, write: Callable[[list[bytes]], int], *, max_wait: float = 0.0, max_batch: int = 1024) -> None:
+    def __init__(self, write: Callable[[list[bytes]], int], *, max_wait: float = 0.002, max_batch: int = 1024) -> None:
         self._write = write
         self.max_wait = max_wait
         self.max_batch = max(1, max_batch)
@@ -60,6 +63,8 @@ class GroupCommit:
         self._cond = threading.Condition(threading.Lock())
         self._open = _Batch()
         self._writing = False
+        self._last_size = 1
+        self._wanted = 0  # while a leader waits for company: the batch size it waits for
         #: Batches written (one write and one fsync each) and the records they held, since start.
         self.batches = 0
         self.records = 0
@@ -69,8 +74,8 @@ class GroupCommit:
         with self._cond:
             batch = self._open
             batch.payloads.append(payload)
-            if len(batch.payloads) >= self.max_batch:
-                self._cond.notify_all()  # a leader waiting for company may go
+            if len(batch.payloads) == self._wanted:
+                self._cond.notify_all()  # the leader waiting for company may go
             while self._writing and not batch.done:
                 self._cond.wait()
             lead = not batch.done
@@ -90,13 +95,16 @@ class GroupCommit:
     def _close(self, batch: _Batch) -> None:
         """As the leader, with the lock held: wait for company, then make the next batch the open one."""
         self._writing = True
-        if self.max_wait > 0:
+        self._wanted = min(self._last_size, self.max_batch)
+        if self.max_wait > 0 and len(batch.payloads) < self._wanted:
             deadline = time.monotonic() + self.max_wait
-            while len(batch.payloads) < self.max_batch:
+            while len(batch.payloads) < self._wanted:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
+        self._wanted = 0
+        self._last_size = len(batch.payloads)
         self._open = _Batch()
 
     def _commit(self, batch: _Batch) -> None:
