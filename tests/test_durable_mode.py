@@ -372,3 +372,37 @@ def test_sigkill_loses_no_record_whose_call_returned_kafka(tmp_path: Path) -> No
     missing = returned - set(delivered)
     assert not missing, f"{len(missing)} returned record(s) lost, e.g. {sorted(missing)[:5]}"
     assert all(delivered[i] == {ids[i]} for i in returned if i in ids), "an Id changed on the way"
+
+
+FORKED = """
+import multiprocessing as mp, os, structlog, logpipe
+structlog.configure(processors=logpipe.processors(exporter="file", local_render="none", durable=True))
+
+def work(n):
+    log = structlog.get_logger()
+    for i in range(200):
+        log.info("child", worker=n, i=i)
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    workers = [ctx.Process(target=work, args=(n,)) for n in range(3)]
+    for w in workers:
+        w.start()
+    structlog.get_logger().info("parent")
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0, w.exitcode
+    assert logpipe.flush(60)
+"""
+
+
+def test_forked_workers_journal_their_records_and_the_lock_holder_delivers_them(tmp_path: Path) -> None:
+    """Three fork workers log in durable mode; each has segments of its own, the parent delivers all 601 records."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGPIPE_")}
+    done = subprocess.run([sys.executable, "-c", FORKED], env=env, cwd=tmp_path, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Traceback" not in done.stderr
+    docs = [orjson.loads(x) for x in (tmp_path / "logs" / "logpipe.jsonl").read_bytes().splitlines()]
+    children = {(d["Field"]["worker"], d["Field"]["i"]) for d in docs if d["Msg"] == "child"}
+    assert children == {(n, i) for n in range(3) for i in range(200)}
+    assert sum(d["Msg"] == "parent" for d in docs) == 1
