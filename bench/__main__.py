@@ -21,6 +21,7 @@ from .common import REPO, Context, Section, Skip, git_revision, load_average, ma
 #: Workload keys in report order, with their modules.
 WORKLOADS = [
     ("call_cost", "bench.call_cost"),
+    ("durable_mode", "bench.durable_mode"),
     ("profile", "bench.profile_hot_path"),
     ("kafka_throughput", "bench.kafka_throughput"),
     ("ship_throughput", "bench.ship_throughput"),

@@ -310,6 +310,23 @@ class Settings:
     capture_stdlib_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = setting(
         "INFO", "Lowest level of logging records captured with capture_stdlib (the root logger is lowered to it)."
     )
+    durable: bool = setting(
+        False,
+        "Durable mode: a log call returns only once its record is fsynced to a local journal, which the exporters "
+        "deliver from (nothing a returned call logged is lost to SIGKILL or a power cut).",
+    )
+    durable_dir: Path = setting(
+        Path("logs") / "journal",
+        "Journal root in durable mode; each exporter gets <dir>/<name>, a spool directory "
+        "(size cap and full policy from LOGPIPE_SPOOL_*).",
+    )
+    durable_max_wait: float = setting(
+        0.002,
+        "Durable mode: most seconds the first caller of a group commit waits for as many callers as the previous "
+        "batch held before the write and fsync (a lone thread never waits; 0: no wait).",
+        check=at_least(0),
+    )
+    durable_max_batch: int = setting(1024, "Durable mode: most records in one group commit.", check=at_least(1))
     handle_sigterm: bool = setting(
         True, "Turn SIGTERM into a clean exit that flushes (only when no handler is installed)."
     )

@@ -29,6 +29,7 @@ from .dispatch import Dispatcher, DispatchStats
 from .exceptions import ConfigError
 from .exporters.base import Exporter, Serialized
 from .exporters.process import isolate
+from .journal import JournalDispatcher, open_journal
 from .record import Record
 from .redact import Redactor
 from .report import Reporter
@@ -36,12 +37,14 @@ from .report import Reporter
 __all__ = ["Pipeline", "configure", "current", "flush", "processors", "send", "shutdown", "stats"]
 
 ExporterSpec = str | Exporter
+#: One exporter's front: a queue and worker, or in durable mode a journal (`logpipe.journal`).
+AnyDispatcher = Dispatcher | JournalDispatcher
 
 
 class Pipeline:
     """Fans each record out to its dispatchers (one per exporter)."""
 
-    def __init__(self, dispatchers: Sequence[Dispatcher], settings: Settings | None = None) -> None:
+    def __init__(self, dispatchers: Sequence[AnyDispatcher], settings: Settings | None = None) -> None:
         if not dispatchers:
             raise ConfigError("LOGPIPE_EXPORTER: at least one exporter is needed")
         self.dispatchers = tuple(dispatchers)
@@ -148,10 +151,22 @@ class Pipeline:
                 return exporter
             return isolate(exporter, settings.isolation)
 
-        dispatchers = []
+        dispatchers: list[AnyDispatcher] = []
         for spec in specs:
             name, exporter = make(spec, "LOGPIPE_EXPORTER")
             exporter = isolated(spec, exporter)
+            if settings.durable:  # the journal is the fallback too: no spool, no queue
+                journal = open_journal(name, settings, environ)
+                dispatchers.append(
+                    JournalDispatcher(
+                        exporter,
+                        journal,
+                        name=name,
+                        max_wait=settings.durable_max_wait,
+                        max_batch=settings.durable_max_batch,
+                    )
+                )
+                continue
             backup = fallback_for(name, exporter)
             dispatchers.append(
                 Dispatcher(
@@ -168,7 +183,7 @@ class Pipeline:
         return cls(dispatchers, settings)
 
 
-def _tell_what_is_left(dispatcher: Dispatcher) -> None:
+def _tell_what_is_left(dispatcher: AnyDispatcher) -> None:
     """One stderr line when records were not delivered by shutdown: how many, where, and how they will go.
 
     A short job that ends during an outage leaves its records in the spool;
@@ -313,7 +328,10 @@ def flush(timeout: float | None = None) -> bool:
     True means each record is either delivered (the exporter acknowledged
     it) or durably in the fallback spool, from which it is replayed later
     (``logpipe.stats()[name].waiting`` says how many wait there); False means
-    some record is still queued or in flight after *timeout*.
+    some record is still queued or in flight after *timeout*. In durable mode
+    every record is on disk once its log call returned; flush waits until the
+    journal is delivered, or the exporter fails (True: the records wait in the
+    journal).
     """
     return _current.force_flush(timeout) if _current is not None else True
 

@@ -28,6 +28,7 @@ lock, so it takes over replaying if the parent exits.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ class SpoolExporter(Exporter):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._closed = False
+        self._init_passes()
 
     def export(self, batch: Sequence[Record]) -> ExportResult:
         if self._closed:
@@ -99,6 +101,26 @@ class SpoolExporter(Exporter):
 
     def force_flush(self, timeout: float = 10.0) -> bool:
         self.spool.flush()
+        return True
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until a replay pass begun after this call ends with nothing more this process can do now.
+
+        That is: the directory had nothing left to deliver, or the primary
+        failed (what it did not take stays on disk, replayed later), or another
+        process holds the replay lock (it delivers). False when *timeout*
+        passed first, or nobody replays here.
+        """
+        deadline = time.monotonic() + timeout
+        with self._passes:
+            after = self._begun
+            self._wake.set()
+            while self._quiet <= after:
+                left = deadline - time.monotonic()
+                thread = self._thread
+                if left <= 0 or thread is None or not thread.is_alive():
+                    return False
+                self._passes.wait(min(left, 0.1))  # re-checks the thread: it may have ended without a word
         return True
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -123,6 +145,7 @@ class SpoolExporter(Exporter):
         self._lock.after_fork()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._init_passes()
         self._thread = None
         if self.primary is not None and self.options.replay and not self._closed:
             self._start_replay()
@@ -170,6 +193,21 @@ class SpoolExporter(Exporter):
         spool.on_append = self._wake_replayer
         return spool
 
+    def _init_passes(self) -> None:
+        #: Replay steps begun, and the last one that left nothing to do now (see `drain`).
+        self._passes = threading.Condition(threading.Lock())
+        self._begun = self._quiet = 0
+
+    def _step_begins(self) -> int:
+        with self._passes:
+            self._begun += 1
+            return self._begun
+
+    def _step_was_quiet(self, number: int) -> None:
+        with self._passes:
+            self._quiet = number
+            self._passes.notify_all()
+
     def _wake_replayer(self) -> None:
         self._wake.set()
 
@@ -188,7 +226,9 @@ class SpoolExporter(Exporter):
         backoff = Backoff(o.replay_interval, 10 * o.replay_interval, stop=stop)
         replayer: Replayer | None = None
         while not stop.is_set():
+            number = self._step_begins()
             if not lock.acquire():
+                self._step_was_quiet(number)
                 stop.wait(o.replay_interval)
                 continue
             if replayer is None:  # made once the lock is ours: what it reads, it owns
@@ -198,6 +238,8 @@ class SpoolExporter(Exporter):
             except OSError as exc:  # the disk, not the primary: back off, then start over from the offsets
                 step, replayer = Step.BLOCKED, None
                 report(f"replay of {self.directory}: {type(exc).__name__}: {exc}")
+            if step is not Step.PROGRESS:
+                self._step_was_quiet(number)
             if step is Step.PROGRESS:
                 backoff.reset()
             elif step is Step.IDLE:

@@ -40,7 +40,8 @@ as ``dropped``:
 
 Modules: `segments` (files, offsets, reading lines through
 `logpipe.ingress`), `storage` (`Spool`), `lock` (`DirectoryLock`), `replay`
-(`Replayer`).
+(`Replayer`), `group` (`GroupCommit`: durable mode's shared write and fsync,
+see `logpipe.journal`).
 """
 
 from __future__ import annotations
