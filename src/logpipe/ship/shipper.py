@@ -37,9 +37,8 @@ from ..inflight import Deferred, Done, InFlight, Pending
 from ..redact import Redactor
 from ..runner import Runner
 from .batches import Batch, prepare
+from .commits import Commits, last_messages
 from .consumer import (
-    CommitFailed,
-    CommitRefused,
     Consumer,
     ConsumerFactory,
     Message,
@@ -121,8 +120,8 @@ class Shipper(Runner[ShipStats]):
         self._requests: list[Future[Flight]] = []
         self._bulk_backoff = self._letter_backoff = self._es_backoff()
         self._paused = False
-        #: Next offset per partition that this shipper committed (filters re-reads).
-        self._committed: dict[TopicPartition, int] = {}
+        #: Kafka offsets committed past the acknowledged front (`logpipe.ship.commits`).
+        self._commits = Commits(self.stats, es_options.timeout, self.error)
 
     @property
     def rate(self) -> float:
@@ -207,7 +206,7 @@ class Shipper(Runner[ShipStats]):
                 slice_s = min(slice_s, 0.05) if busy else 0.0
             polled = self._consumer.poll(slice_s, o.batch_size - len(batch))
             for tp, records in polled.items():
-                floor = self._committed.get(tp, -1)
+                floor = self._commits.committed.get(tp, -1)
                 if records[0].offset < floor:  # re-read after a rebalance: already committed
                     records = [m for m in records if m.offset >= floor]
                 if records:
@@ -320,42 +319,10 @@ class Shipper(Runner[ShipStats]):
 
     def _commit_front(self, front: list[Batch]) -> None:
         """The `InFlight` commit hook: commit one past the last message per partition of *front*."""
-        ends: dict[TopicPartition, Message] = {}
-        for batch in front:
-            for tp, message in batch.ends.items():
-                if tp not in ends or message.offset > ends[tp].offset:
-                    ends[tp] = message
-        self._resume()
-        self._commit(ends, sum(batch.size for batch in front))
-        self.stats.last_at = time.monotonic()
-
-    def _commit(self, ends: dict[TopicPartition, Message], count: int) -> None:
-        """Commit one past each message of *ends* (*count* messages accounted for) for partitions still owned."""
         assert self._consumer is not None
-        owned = self._consumer.assignment()
-        offsets: dict[TopicPartition, tuple[int, int | None]] = {}
-        for tp, message in ends.items():
-            if tp in owned and message.offset + 1 > self._committed.get(tp, -1):
-                offsets[tp] = (message.offset + 1, message.leader_epoch)
-        self.stats.in_flight = max(0, self.stats.in_flight - count)
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets, self.es_options.timeout)
-        except CommitRefused as exc:
-            # The group rebalanced: another member owns these partitions now and
-            # reads them from the last commit; its copies are 409 no-ops.
-            self.stats.commit_errors += 1
-            self.error(f"commit refused after a rebalance ({exc}); the new owner ships them again")
-            return
-        except CommitFailed as exc:
-            # The next successful commit covers these offsets too.
-            self.stats.commit_errors += 1
-            self.error(f"commit failed: {exc}")
-            return
-        self.stats.commits += 1
-        for tp, (offset, _epoch) in offsets.items():
-            self._committed[tp] = offset
+        self._resume()
+        self._commits.commit(self._consumer, last_messages(front), sum(batch.size for batch in front))
+        self.stats.last_at = time.monotonic()
 
     def _dead_letter(self, dead: list[DeadLetter]) -> bool:
         """Store *dead* durably (retrying with backoff); False when out of time before done."""
@@ -442,6 +409,6 @@ class Shipper(Runner[ShipStats]):
     def _update_lag(self) -> None:
         assert self._consumer is not None
         try:
-            self.stats.lag = consumer_lag(self._consumer, self._committed)
+            self.stats.lag = consumer_lag(self._consumer, self._commits.committed)
         except Exception as exc:  # noqa: BLE001
             self.error(f"consumer lag: {exc}")
