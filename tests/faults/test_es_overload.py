@@ -1,4 +1,4 @@
-"""Elasticsearch answering 429 (bulk queue full) and 503 mid-stream, for `logpipe ship` and the ``elasticsearch`` exporter.
+"""Elasticsearch answering 429 (bulk queue full) and 503 mid-stream: `logpipe ship` and the ``elasticsearch`` exporter.
 
 A `FaultyElasticsearch` proxy stands before the session's node. While the application logs, the
 proxy starts refusing ``_bulk``: the whole request (429 ``es_rejected_execution_exception``, or 503),
@@ -23,10 +23,10 @@ import pytest
 import structlog
 
 import logpipe
-from logpipe.exporters.spool import SpoolExporter
 from cluster.conftest import FaultMatrix
 from cluster.test_faults import LOGPIPE, Chaos, assert_accepted_all, es_count, es_ids, log_paced, seqs_on
 from conftest import Service, consume_all, wait_until
+from logpipe.exporters.spool import SpoolExporter
 
 from .proxies import Fault, FaultyElasticsearch
 

@@ -168,7 +168,9 @@ def test_tail_killed_at_random_five_times(
         alive = tailer.poll() is None
         tailer.send_signal(signal.SIGKILL)
         tailer.wait(30)
-        kills.append({"after_s": round(delay, 2), "alive": alive, "on_topic": end_offsets(kafka_service.address, topic)})
+        kills.append(
+            {"after_s": round(delay, 2), "alive": alive, "on_topic": end_offsets(kafka_service.address, topic)}
+        )
     writer.join(120)
     assert not writer.is_alive() and not errors, errors
     with open(out, "ab") as sink:
@@ -233,7 +235,7 @@ def test_ship_killed_at_random_five_times(
                 before = es_count(es, prefix)
                 shipper.spawn()
                 # Killed while it ships: once it has indexed something (a rebalance may come first), at random.
-                wait_until(lambda: es_count(es, prefix) > before or before >= n, timeout=60, interval=0.05)
+                wait_until(lambda b=before: es_count(es, prefix) > b or b >= n, timeout=60, interval=0.05)
                 delay = rng.uniform(0.0, 1.5)
                 time.sleep(delay)  # the random moment of the kill, not a synchronisation
                 alive = shipper.kill()
