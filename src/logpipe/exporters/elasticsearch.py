@@ -91,9 +91,11 @@ class ElasticsearchExporter(Exporter):
         failed = [batch[item.position] for item in outcome.undelivered]
         if outcome.rejected and not self._dead_letter(batch, outcome.rejected):
             failed.extend(batch[item.position] for item in outcome.rejected)
-        if outcome.error:
-            self.last_error = outcome.error
-            self._report(f"{len(failed)} record(s) not delivered after {o.max_retries} retries: {outcome.error}")
+        # Per-item 429s (a full write queue) come in a 200 answer, with no request-level error.
+        error = outcome.error or (outcome.undelivered[0].reason if outcome.undelivered else None)
+        if error:
+            self.last_error = error
+            self._report(f"{len(failed)} record(s) not delivered after {o.max_retries} retries: {error}")
         if not failed:
             return ExportResult.SUCCESS
         if len(failed) == len(batch):

@@ -52,7 +52,7 @@ def main() -> None:
     path = os.environ.get(PATH_ENV)
     if path:
         sys.path[:] = path.split(os.pathsep)
-    out = os.dup(1)
+    out = _Parent(os.dup(1))
     os.dup2(2, 1)  # a stray print() in an exporter must not corrupt the frames
     frames = read_frames(0)
     first = next(frames, None)
@@ -62,9 +62,9 @@ def main() -> None:
         cls, options = pickle.loads(first[2])
         exporter: Exporter = cls(options)
     except Exception as exc:
-        write(out, REFUSED, first[1], f"{type(exc).__name__}: {exc}".encode())
+        out.tell(REFUSED, first[1], f"{type(exc).__name__}: {exc}".encode())
         return
-    write(out, READY, first[1], b"")
+    out.tell(READY, first[1], b"")
     work: queue.SimpleQueue[tuple[int, int, Any, Any]] = queue.SimpleQueue()
     answerer = threading.Thread(target=_answer, args=(exporter, work, out), name="logpipe-answer")
     answerer.start()
@@ -86,21 +86,38 @@ def main() -> None:
     answerer.join()
 
 
-def _answer(exporter: Exporter, work: queue.SimpleQueue[tuple[int, int, Any, Any]], out: int) -> None:
+class _Parent:
+    """The pipe to the application. Once the application is gone (SIGKILL) answers are dropped, quietly:
+    the child still delivers what it has and closes the exporter when its input ends."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.gone = False
+
+    def tell(self, kind: int, seq: int, body: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            write(self.fd, kind, seq, body)
+        except OSError:  # EPIPE: nobody reads any more
+            self.gone = True
+
+
+def _answer(exporter: Exporter, work: queue.SimpleQueue[tuple[int, int, Any, Any]], out: _Parent) -> None:
     """Answer requests in the order they arrived: outcomes of batches, flushes, stats, close."""
     while True:
         kind, seq, batch, extra = work.get()
         if kind == BATCH:
-            write(out, RESULT, seq, _outcome(batch, extra))
+            out.tell(RESULT, seq, _outcome(batch, extra))
         elif kind == FLUSH:
             ok = _safely(False, exporter.force_flush, marshal.loads(extra))
-            write(out, FLUSHED, seq, marshal.dumps(bool(ok)))
+            out.tell(FLUSHED, seq, marshal.dumps(bool(ok)))
         elif kind == STATS:
             stats = _safely(None, getattr(exporter, "stats", lambda: None))
-            write(out, STATS_OF, seq, pickle.dumps(stats))
+            out.tell(STATS_OF, seq, pickle.dumps(stats))
         elif kind == CLOSE:
             _safely(None, exporter.shutdown, extra)
-            write(out, CLOSED, seq, b"")
+            out.tell(CLOSED, seq, b"")
             return
 
 

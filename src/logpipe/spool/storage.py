@@ -129,6 +129,10 @@ class Spool:
             try:
                 durable.write_all(fd, data)
             except OSError:
+                # A full disk takes part of the write: cut it off, so that no record of a batch
+                # counted as not accepted is replayed anyway, and no torn line is left behind.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._active_size)
                 self._roll()  # a partial line must end a segment, never precede the next write
                 raise
             self._active_size += len(data)

@@ -165,6 +165,8 @@ class Tailer(Runner[TailStats]):
                     began = self._begin(batch)
             if len(flights) and (flights.full or not began):
                 self._complete()
+                # Rate-limited by registry_flush: a file that never goes quiet is checkpointed too.
+                self.files.save()
                 continue
             if began or read:
                 continue
