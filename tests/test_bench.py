@@ -25,6 +25,7 @@ ALL_PEERS = {
     "logpipe_thread",
     "logpipe_discard",
     "logpipe_confluent",
+    "logpipe_kafka_python",
     "structlog",
     "stdlib",
     "otel",
