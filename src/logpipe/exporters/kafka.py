@@ -45,9 +45,9 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from ..kafkaerrors import failure_message
+from ..kafkaerrors import explain, failure_message
 from ..record import Record
 from .base import Done, Exporter, ExportResult, Outcome, PartialFailure, Pending
 from .kafka_options import Compression, KafkaOptions, KeyChoice, client_library, connection
@@ -196,8 +196,11 @@ class KafkaExporter(Exporter):
             return f"{type(exc).__name__}: {exc}"
         return failure_message(exc, self._connection, timeout=self.options.connect_timeout)
 
-    def _client_error(self, text: str) -> None:
-        """An error the client reports on its own (librdkafka's error callback): one line on stderr."""
+    def _client_error(self, error: Any) -> None:
+        """An error the client reports on its own (librdkafka's error callback): one line on stderr,
+        naming the setting to fix when the words say which (a wrong password, an untrusted CA ...)."""
+        c = self._connection
+        text = explain(error, c.prefix, c.security) or f"{error.name()}: {error.str()}"
         report(f"{self.describe()}: {text}")
 
     def _wait(self, producer: Producer, flight: Flight) -> bool:

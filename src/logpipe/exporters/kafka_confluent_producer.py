@@ -92,13 +92,13 @@ class ConfluentProducer:
         self,
         config: dict[str, Any],
         key: Callable[[Record], bytes | None],
-        on_error: Callable[[str], None],
+        on_error: Callable[[Any], None],
         *,
         block: float,
     ) -> None:
         def error_cb(error: Any) -> None:
             if error.fatal() or error.code() not in _OUTAGE_CODES:
-                on_error(f"{error.name()}: {error.str()}")
+                on_error(error)
 
         self._producer = confluent_kafka.Producer({**config, "logger": _LOG, "error_cb": error_cb})
         self._key = key

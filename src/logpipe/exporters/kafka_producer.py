@@ -61,11 +61,12 @@ def client_config(client: str, options: KafkaOptions) -> dict[str, Any]:
 
 
 def open_producer(
-    client: str, config: dict[str, Any], options: KafkaOptions, on_error: Callable[[str], None]
+    client: str, config: dict[str, Any], options: KafkaOptions, on_error: Callable[[Any], None]
 ) -> Producer:
     """A producer of *client* (a `kafka_options.client_library` answer) with *config* (`client_config`).
 
-    *on_error* hears about client errors the library reports on its own (librdkafka's error callback).
+    *on_error* hears about client errors the library reports on its own (librdkafka's error callback,
+    with its ``KafkaError``).
     """
     key = key_function(options.key)
     if client == "confluent-kafka":
