@@ -74,11 +74,36 @@ def run_raw_file(path: Path, topic: str) -> tuple[float, int]:
         producer.close(10)
 
 
-def run_tail(path: Path, topic: str, isolation: str = "auto") -> tuple[float, int]:
+def run_raw_confluent_file(path: Path, topic: str) -> tuple[float, int]:
+    """confluent-kafka's producer reading the file (acks=all, idempotent, logpipe's librdkafka settings)."""
+    from confluent_kafka import Producer
+
+    from logpipe.exporters.kafka_options import KafkaOptions, librdkafka_config
+
+    producer = Producer(librdkafka_config(KafkaOptions(**kafka_options(topic, "all"))))
+    producer.produce(topic, b"{}")
+    producer.flush(30)
+    produce, poll = producer.produce, producer.poll
+    sent = 0
+    t0 = time.perf_counter()
+    with path.open("rb") as lines:
+        for line in lines:
+            while True:
+                try:
+                    produce(topic, line.rstrip(b"\n"))
+                    break
+                except BufferError:
+                    poll(0.01)
+            sent += 1
+    producer.flush(300)
+    return sent / (time.perf_counter() - t0), sent
+
+
+def run_tail(path: Path, topic: str, isolation: str = "auto", client: str = "kafka-python") -> tuple[float, int]:
     """``logpipe tail --once`` on *path* with a fresh registry; (lines/s, records acknowledged).
 
-    The tailer makes its exporter as the command does (``LOGPIPE_TAIL_ISOLATION``:
-    by default the Kafka exporter runs in a child process).
+    The tailer makes its exporter as the command does (``LOGPIPE_TAIL_ISOLATION=auto``:
+    a child process on kafka-python, in process on confluent-kafka).
     """
     from logpipe.record import info
     from logpipe.tail import Tailer, load_options
@@ -93,7 +118,8 @@ def run_tail(path: Path, topic: str, isolation: str = "auto") -> tuple[float, in
             },
             environ={},
         )
-        tailer = Tailer(options, once=True, exporter_overrides=kafka_options(topic, "all"))
+        overrides = {**kafka_options(topic, "all"), "client": client}
+        tailer = Tailer(options, once=True, exporter_overrides=overrides)
         tailer.exporter.export([info("warm-up", "bench")])  # producer made, metadata fetched: untimed, like raw
         t0 = time.perf_counter()
         stats = tailer.run()
@@ -117,12 +143,28 @@ def run(ctx: Context) -> Section:
     create_topic(topic)
     peers: dict[str, tuple[str, Callable[[Path, str], tuple[float, int]]]] = {
         "raw": ("raw kafka-python producer reading the file (acks=all, logpipe's settings)", run_raw_file),
-        "tail": ("logpipe tail --once (Tailer API, fresh registry, Kafka exporter in a child process)", run_tail),
+        "tail": (
+            "logpipe tail --once on kafka-python (Tailer API, fresh registry, Kafka exporter in a child process)",
+            run_tail,
+        ),
         "tail_thread": (
-            "logpipe tail --once, exporter in process (LOGPIPE_TAIL_ISOLATION=thread)",
+            "logpipe tail --once on kafka-python, exporter in process (LOGPIPE_TAIL_ISOLATION=thread)",
             lambda path, topic: run_tail(path, topic, "thread"),
         ),
     }
+    try:
+        import confluent_kafka  # noqa: F401
+
+        peers["raw_ck"] = (
+            "raw confluent-kafka producer reading the file (acks=all, idempotent)",
+            run_raw_confluent_file,
+        )
+        peers["tail_ck"] = (
+            "logpipe tail --once on confluent-kafka (LOGPIPE_KAFKA_CLIENT=confluent-kafka, exporter in process)",
+            lambda path, topic: run_tail(path, topic, "auto", "confluent-kafka"),
+        )
+    except ImportError:
+        pass
     rates: dict[str, list[float]] = {k: [] for k in peers}
     delivered: dict[str, list[int]] = {k: [] for k in peers}
     order = list(peers)
@@ -162,6 +204,16 @@ def run(ctx: Context) -> Section:
             ratio >= 0.9 and min(delivered["tail"]) >= n,
         )
     )
+    if "tail_ck" in peers:
+        ck = [a / b for a, b in zip(rates["tail_ck"], rates["raw_ck"], strict=True)]
+        section.targets.append(
+            Target(
+                "logpipe tail on confluent-kafka >= 80% of the raw confluent-kafka producer reading the file",
+                f"{fmt_pct(median(ck))} ({fmt_num(median(rates['tail_ck']))} vs {fmt_num(median(rates['raw_ck']))} "
+                f"lines/s)",
+                median(ck) >= 0.8 and min(delivered["tail_ck"]) >= n,
+            )
+        )
     section.notes.append(
         f"{n:,} KafkaLog lines of {size:.0f} bytes in one file, {rounds} rounds per peer in rotating order, "
         f"3-partition topic on the local broker; events/s is the median over rounds, the ratio the median of "

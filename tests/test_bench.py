@@ -25,6 +25,7 @@ ALL_PEERS = {
     "logpipe_thread",
     "logpipe_discard",
     "logpipe_confluent",
+    "logpipe_kafka_python",
     "structlog",
     "stdlib",
     "otel",
@@ -94,7 +95,7 @@ def test_figures_are_positive_and_ratios_come_from_the_same_run(report: dict) ->
 def test_targets_are_judged_not_enforced(report: dict) -> None:
     section = _section(report)
     texts = " ".join(t["text"] for t in section["targets"])
-    assert "1.5x" in texts and "OpenTelemetry" in texts and "p99" in texts
+    assert "1.3x" in texts and "OpenTelemetry" in texts and "p99" in texts and "CPU per event" in texts
     assert all(t["met"] in (True, False) for t in section["targets"])
 
 

@@ -283,7 +283,7 @@ class Settings:
         "auto",
         "Where exporters run: process (a child process each, so their client's Python threads never hold "
         "the application's GIL), thread (in the application's process), or auto (each exporter's choice: "
-        "process for kafka, thread for the others).",
+        "process for kafka with kafka-python, thread for kafka with confluent-kafka and for the others).",
     )
     shutdown_timeout: float = setting(10.0, "Seconds to flush at exit or shutdown.", check=at_least(0))
     action: str = setting("click", "Action value for records without an action= key.")

@@ -24,6 +24,7 @@ the ``logpipe exporters`` table.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 import ssl
 from collections.abc import Sequence
@@ -35,16 +36,47 @@ from .config import Secret, setting
 from .exceptions import ConfigError
 
 __all__ = [
+    "CLIENTS",
     "Connection",
+    "KafkaClient",
     "KafkaSecurity",
     "SaslMechanism",
     "SecurityProtocol",
     "check_security",
+    "choose_client",
     "kafka_python",
     "librdkafka",
     "parse_servers",
     "tls_context",
 ]
+
+#: A client library setting: ``auto`` (confluent-kafka when installed, else kafka-python) or one of `CLIENTS`.
+KafkaClient = Literal["auto", "kafka-python", "confluent-kafka"]
+
+#: The client libraries logpipe talks to Kafka with, and the module each one needs.
+CLIENTS: dict[str, str] = {"kafka-python": "kafka", "confluent-kafka": "confluent_kafka"}
+
+
+def choose_client(choice: str, variable: str, *, extras: dict[str, str]) -> str:
+    """The client library for *choice* (``auto`` prefers confluent-kafka, librdkafka's C client);
+    `ConfigError` naming *variable* when it is unknown or not installed, with the extra of logpipe's
+    distribution (*extras*: library -> extra) that installs it."""
+    if choice not in ("auto", *CLIENTS):
+        raise ConfigError(f"{variable}={choice!r}: expected auto, {', '.join(CLIENTS)}")
+    if choice == "auto":
+        return "confluent-kafka" if _importable("confluent_kafka") or not _importable("kafka") else "kafka-python"
+    if not _importable(CLIENTS[choice]):
+        from .plugins import DISTRIBUTION  # plugins imports the exporters, which import this module
+
+        raise ConfigError(
+            f"{variable}={choice}: {choice} is not installed (pip install '{DISTRIBUTION}[{extras[choice]}]')"
+        )
+    return choice
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
 
 #: How a client talks to a broker: TLS or not, SASL or not.
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]

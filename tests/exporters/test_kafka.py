@@ -1,4 +1,7 @@
-"""The Kafka exporter: options, fail-fast when down, and against the real broker (outages included)."""
+"""The Kafka exporter: options, fail-fast when down, and against the real broker (outages included).
+
+Every test runs once per client library (``LOGPIPE_KAFKA_CLIENT``): kafka-python and confluent-kafka.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +23,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import logpipe
 from conftest import Service, consume_all, wait_until
-from logpipe import plugins
+from logpipe import kafkaclient, plugins
+from logpipe.config import Secret
 from logpipe.exporters.base import ExportResult, PartialFailure
 from logpipe.exporters.kafka import KafkaExporter, KafkaOptions
+from logpipe.exporters.kafka_options import librdkafka_config
+from logpipe.exporters.process import ProcessExporter, isolate
 from logpipe.exporters.spool import SpoolExporter
 from logpipe.record import WIRE_KEYS, Record, info
 from logpipe.spool import Spool
@@ -48,6 +54,17 @@ def spool_of(pipeline: logpipe.Pipeline) -> SpoolExporter:
 
 def spooled_ids(directory: Path) -> list[str]:
     return [Record.from_json(line).id for seg in Spool(directory).segments() for line in seg.read_bytes().splitlines()]
+
+
+CLIENTS = ["kafka-python", "confluent-kafka"]
+
+
+@pytest.fixture(autouse=True, params=CLIENTS)
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The client library under test: LOGPIPE_KAFKA_CLIENT for configured pipelines, pass it to KafkaOptions."""
+    name: str = request.param
+    monkeypatch.setenv("LOGPIPE_KAFKA_CLIENT", name)
+    return name
 
 
 @pytest.fixture
@@ -76,23 +93,83 @@ class TestOptions:
         assert exporter.options.delivery_timeout == 12.5
         assert KafkaExporter.default_fallback == "spool"
 
-    def test_missing_codec_library_is_a_config_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A codec whose library is not installed is refused at configure time, naming the variable."""
+    def test_missing_codec_library_is_a_config_error(self, monkeypatch: pytest.MonkeyPatch, client: str) -> None:
+        """A codec whose library is not installed is refused at configure time, naming the variable
+        (kafka-python's codecs are Python libraries; librdkafka has them built in)."""
         from logpipe.exporters import kafka_options
 
         monkeypatch.setitem(kafka_options.CODECS, "lz4", ("lz4", lambda: False))  # as on a machine without lz4
-        with pytest.raises(logpipe.ConfigError, match="LOGPIPE_KAFKA_COMPRESSION=lz4: the lz4 library"):
-            KafkaExporter(KafkaOptions(compression="lz4"))
-        KafkaExporter(KafkaOptions(compression="gzip"))  # the standard library's codec is always there
+        if client == "kafka-python":
+            with pytest.raises(logpipe.ConfigError, match="LOGPIPE_KAFKA_COMPRESSION=lz4: the lz4 library"):
+                KafkaExporter(KafkaOptions(compression="lz4", client=client))
+        else:
+            KafkaExporter(KafkaOptions(compression="lz4", client=client))
+        KafkaExporter(KafkaOptions(compression="gzip", client=client))  # the standard library's codec is always there
 
-    def test_delivery_budget_must_cover_one_request(self) -> None:
+    def test_delivery_budget_must_cover_one_request(self, client: str) -> None:
         """delivery_timeout < linger + request_timeout would be refused by kafka-python later; refuse it now."""
         with pytest.raises(logpipe.ConfigError, match="LOGPIPE_KAFKA_DELIVERY_TIMEOUT"):
-            KafkaExporter(KafkaOptions(delivery_timeout=1.0, request_timeout=5.0))
+            KafkaExporter(KafkaOptions(delivery_timeout=1.0, request_timeout=5.0, client=client))
 
-    def test_bad_bootstrap_address_is_a_config_error(self) -> None:
+    def test_bad_bootstrap_address_is_a_config_error(self, client: str) -> None:
         with pytest.raises(logpipe.ConfigError, match="LOGPIPE_KAFKA_BOOTSTRAP_SERVERS"):
-            KafkaExporter(KafkaOptions(bootstrap_servers="localhost"))
+            KafkaExporter(KafkaOptions(bootstrap_servers="localhost", client=client))
+
+
+class TestClientChoice:
+    def test_the_variable_picks_the_client_and_its_isolation(self, client: str) -> None:
+        """LOGPIPE_KAFKA_CLIENT decides the library; LOGPIPE_ISOLATION=auto: a child process for kafka-python only."""
+        exporter = plugins.create("kafka")
+        assert isinstance(exporter, KafkaExporter) and exporter.client == client
+        assert exporter.isolation == ("process" if client == "kafka-python" else "thread")
+        assert isinstance(isolate(exporter, "auto"), ProcessExporter) == (client == "kafka-python")
+        assert isinstance(isolate(exporter, "process"), ProcessExporter)
+        assert isolate(exporter, "thread") is exporter
+
+    def test_auto_prefers_confluent_kafka_when_installed(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """auto: confluent-kafka when importable, else kafka-python."""
+        assert KafkaExporter(KafkaOptions(client="auto")).client == "confluent-kafka"
+        monkeypatch.setattr(kafkaclient, "_importable", lambda module: module != "confluent_kafka")
+        assert KafkaExporter(KafkaOptions(client="auto")).client == "kafka-python"
+
+    def test_a_client_not_installed_names_the_variable_and_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Asking for a library that is not installed fails at configure time with the pip command."""
+        monkeypatch.setattr(kafkaclient, "_importable", lambda module: False)
+        with pytest.raises(logpipe.ConfigError, match=r"LOGPIPE_KAFKA_CLIENT=confluent-kafka: .*\[confluent\]"):
+            KafkaExporter(KafkaOptions(client="confluent-kafka"))
+        with pytest.raises(logpipe.ConfigError, match=r"LOGPIPE_KAFKA_CLIENT=kafka-python: .*\[kafka\]"):
+            KafkaExporter(KafkaOptions(client="kafka-python"))
+
+    def test_an_unknown_client_is_a_config_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("LOGPIPE_KAFKA_CLIENT", "librdkafka")
+        with pytest.raises(logpipe.ConfigError, match="LOGPIPE_KAFKA_CLIENT"):
+            plugins.create("kafka")
+
+    def test_librdkafka_config_carries_the_same_producer(self) -> None:
+        """Idempotent acks=all, message.timeout.ms = delivery_timeout, and the security settings."""
+        options = KafkaOptions(
+            delivery_timeout=12.5,
+            linger=0.002,
+            max_request_bytes=2_000_000,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_username="u",
+            sasl_password=Secret("p"),
+        )
+        conf = librdkafka_config(options)
+        assert (conf["acks"], conf["enable.idempotence"], conf["message.timeout.ms"]) == ("all", True, 12_500)
+        assert (conf["linger.ms"], conf["message.max.bytes"]) == (2.0, 2_000_000)
+        assert (conf["security.protocol"], conf["sasl.username"], conf["sasl.password"]) == ("SASL_PLAINTEXT", "u", "p")
+        assert librdkafka_config(KafkaOptions(acks="1"))["enable.idempotence"] is False
+
+    def test_tail_auto_isolation_follows_the_client(self, tmp_path: Path, client: str) -> None:
+        """logpipe tail's LOGPIPE_TAIL_ISOLATION=auto: in process with confluent-kafka, a child with kafka-python."""
+        from logpipe.tail import Tailer, load_options
+
+        tailer = Tailer(load_options({"paths": [str(tmp_path / "*.log")], "registry": tmp_path / "registry.json"}))
+        try:
+            assert isinstance(tailer.exporter, ProcessExporter) == (client == "kafka-python")
+        finally:
+            tailer.exporter.shutdown(1.0)
 
 
 class TestBrokerDown:
@@ -104,9 +181,11 @@ class TestBrokerDown:
         )
         assert time.perf_counter() - started < 0.5
 
-    def test_export_fails_fast_then_skips_the_network(self) -> None:
+    def test_export_fails_fast_then_skips_the_network(self, client: str) -> None:
         """Unreachable: FAILURE in milliseconds, then FAILURE without probing for down_backoff seconds."""
-        exporter = KafkaExporter(KafkaOptions(bootstrap_servers=f"127.0.0.1:{free_port()}", down_backoff=30.0))
+        exporter = KafkaExporter(
+            KafkaOptions(bootstrap_servers=f"127.0.0.1:{free_port()}", down_backoff=30.0, client=client)
+        )
         batch = [info("x", "f") for _ in range(3)]
         started = time.perf_counter()
         assert exporter.export(batch) is ExportResult.FAILURE
@@ -123,12 +202,43 @@ class TestBrokerDown:
         assert (stats.outages, stats.producers, stats.sent, stats.failed) == (1, 0, 0, 303)
         exporter.shutdown()
 
+    def test_librdkafka_log_lines_stay_off_stderr(self, client: str, capfd: pytest.CaptureFixture[str]) -> None:
+        """A "broker" that accepts and hangs up: librdkafka's per-reconnect lines reach neither stderr nor logging."""
+        if client != "confluent-kafka":
+            pytest.skip("librdkafka only")
+        server = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def hang_up() -> None:
+            server.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    server.accept()[0].close()
+                except OSError:
+                    continue
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        options = KafkaOptions(bootstrap_servers=address, request_timeout=0.5, delivery_timeout=1.0, client=client)
+        exporter = KafkaExporter(options)
+        try:
+            assert exporter.export([info("x", "f")]) is ExportResult.FAILURE
+            assert exporter.stats().outages == 1  # announced once by the breaker (rate-limited across tests)
+        finally:
+            exporter.shutdown(1.0)
+            stop.set()
+            thread.join(5)
+            server.close()
+        err = capfd.readouterr().err
+        assert not [line for line in err.splitlines() if line.startswith("%")], err  # librdkafka's own format
+
 
 # -- against the real broker -----------------------------------------------------------------
 
 
 @pytest.mark.kafka
-def test_round_trip_through_structlog(broker: Service) -> None:
+def test_round_trip_through_structlog(broker: Service, client: str) -> None:
     """Records logged through structlog arrive as KafkaLog JSON with id/trace headers and the chosen key."""
     topic = unique_topic("roundtrip")
     structlog.configure(
@@ -148,7 +258,9 @@ def test_round_trip_through_structlog(broker: Service) -> None:
     assert logpipe.flush(30)
     assert logpipe.stats()["kafka"].sent == 3
     pipeline = logpipe.current()
-    assert pipeline is not None and "(in a child process)" in pipeline.describe()[0]  # LOGPIPE_ISOLATION=auto
+    assert pipeline is not None
+    where = pipeline.describe()[0]  # LOGPIPE_ISOLATION=auto: a child process for kafka-python only
+    assert f"({client})" in where and ("(in a child process)" in where) == (client == "kafka-python")
 
     messages = consume_all(broker.address, topic)
     assert len(messages) == 3
@@ -169,11 +281,11 @@ def test_round_trip_through_structlog(broker: Service) -> None:
 
 
 @pytest.mark.kafka
-def test_pipelined_batches_keep_their_order(broker: Service) -> None:
+def test_pipelined_batches_keep_their_order(broker: Service, client: str) -> None:
     """Several batches in flight at once: every record once, in submission order within the partition."""
     topic = unique_topic("pipelined")
     exporter = KafkaExporter(
-        KafkaOptions(bootstrap_servers=broker.address, topic=topic, key="service", in_flight_batches=4)
+        KafkaOptions(bootstrap_servers=broker.address, topic=topic, key="service", in_flight_batches=4, client=client)
     )
     dispatcher = logpipe.Dispatcher(exporter, batch_size=100, batch_delay=0.01, queue_size=10_000)
     sent = [info(f"m{i}", "f", {"i": i}, service="ordered") for i in range(5_000)]
@@ -191,10 +303,12 @@ def test_pipelined_batches_keep_their_order(broker: Service) -> None:
 
 
 @pytest.mark.kafka
-def test_oversized_record_fails_alone(broker: Service) -> None:
+def test_oversized_record_fails_alone(broker: Service, client: str) -> None:
     """A record larger than max_request_bytes is the only one reported failed; its neighbours arrive."""
     topic = unique_topic("oversized")
-    exporter = KafkaExporter(KafkaOptions(bootstrap_servers=broker.address, topic=topic, max_request_bytes=4_000))
+    exporter = KafkaExporter(
+        KafkaOptions(bootstrap_servers=broker.address, topic=topic, max_request_bytes=4_000, client=client)
+    )
     small = [info(f"small {i}", "f") for i in range(2)]
     big = info("big", "f", {"blob": "x" * 10_000})
     try:

@@ -167,9 +167,12 @@ class TestIsolationSetting:
         file_exporter = FileExporter(FileOptions(path=tmp_path / "a.jsonl"))
         assert isolate(file_exporter, "auto") is file_exporter
         assert isinstance(isolate(file_exporter, "process"), ProcessExporter)
-        from logpipe.exporters.kafka import KafkaExporter
+        from logpipe.exporters.kafka import KafkaExporter, KafkaOptions
 
-        assert isinstance(isolate(KafkaExporter(), "auto"), ProcessExporter)
+        # kafka-python's threads hold the GIL: a child process; librdkafka's are C threads: in process.
+        assert isinstance(isolate(KafkaExporter(KafkaOptions(client="kafka-python")), "auto"), ProcessExporter)
+        librdkafka = KafkaExporter(KafkaOptions(client="confluent-kafka"))
+        assert isolate(librdkafka, "auto") is librdkafka
         kafka = KafkaExporter()
         assert isolate(kafka, "thread") is kafka
 

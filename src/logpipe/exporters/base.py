@@ -82,7 +82,8 @@ class Exporter(abc.ABC):
     #: Where this exporter runs when ``LOGPIPE_ISOLATION=auto``: ``process`` for
     #: exporters whose client does heavy Python work in background threads (it
     #: would compete with the application for the GIL), ``thread`` otherwise.
-    isolation: ClassVar[Literal["thread", "process"]] = "thread"
+    #: An instance may decide (the Kafka exporter does, by its client library).
+    isolation: Literal["thread", "process"] = "thread"
 
     @abc.abstractmethod
     def export(self, batch: Sequence[Record]) -> ExportResult | PartialFailure:

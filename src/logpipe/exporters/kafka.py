@@ -1,15 +1,22 @@
-"""The ``kafka`` exporter: each record one Kafka message, through kafka-python.
+"""The ``kafka`` exporter: each record one Kafka message, through confluent-kafka or kafka-python.
 
 The message value is the record's KafkaLog JSON, byte for byte, so the seed's
 Logstash pipeline (``codec => json``) reads it unchanged; headers carry ``id``
 and, when there is one, ``trace_id``; the key is chosen by ``key``.
 
-Delivery is at-least-once. `begin` hands a batch to the producer and its
-``wait`` collects every record's acknowledgement within ``delivery_timeout``
-(the dispatcher keeps ``in_flight_batches`` batches begun, so the producer
-never idles while a batch awaits its acks); kafka-python retries
-retriable errors (leader moves, timeouts, a restarting broker) inside that
-budget. Whatever is not acknowledged is reported back (`PartialFailure`), so
+The client library is ``LOGPIPE_KAFKA_CLIENT``: confluent-kafka (librdkafka,
+whose C threads do not hold the GIL, so the exporter runs in the
+application's process) when installed, else kafka-python (pure Python, run
+in a child process under ``LOGPIPE_ISOLATION=auto``: `isolation` follows the
+client). Each is a `kafka_producer.Producer` backend; everything else here
+is shared.
+
+Delivery is at-least-once, idempotent with ``acks=all``. `begin` hands a
+batch to the producer and its ``wait`` collects every record's
+acknowledgement within ``delivery_timeout`` (the dispatcher keeps
+``in_flight_batches`` batches begun, so the producer never idles while a
+batch awaits its acks); the client retries retriable errors (leader moves,
+timeouts, a restarting broker) inside that budget. Whatever is not acknowledged is reported back (`PartialFailure`), so
 the dispatcher spools exactly those records; a record acknowledged by a
 broker whose answer was lost can therefore arrive twice. Consumers de-duplicate
 on ``Id``.
@@ -18,15 +25,15 @@ Outages are detected, not waited out: the producer is created lazily (a
 broker that is down at start-up neither fails `logpipe.configure` nor blocks
 the application), and while a batch is outstanding the bootstrap addresses
 are probed with a plain TCP connect. When none accepts, the broker is
-*down*: the producer is discarded (kafka-python stops reconnecting in the
+*down*: the producer is discarded (the client stops reconnecting in the
 background), unacknowledged records are handed back at once, and for
 ``down_backoff`` seconds `export` answers FAILURE without touching the
 network, so records flow to the spool at disk speed. Then the next export
 probes again.
 
 Settings and the producer configuration live in `kafka_options`, outage
-detection (the down-breaker) in `kafka_outage`, and every private attribute
-of kafka-python this uses in `logpipe._kafka_compat`.
+detection (the down-breaker) in `kafka_outage`, the two client backends in
+`kafka_python_producer` and `kafka_confluent_producer`.
 
 Nothing here logs through `logging` or structlog, which may be what feeds
 this exporter; problems go to stderr, once per outage.
@@ -40,23 +47,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import kafka.errors
-from kafka import KafkaProducer
-
-from .. import _kafka_compat as compat
-from ..kafkaerrors import failure_message
+from ..kafkaerrors import explain, failure_message
 from ..record import Record
 from .base import Done, Exporter, ExportResult, Outcome, PartialFailure, Pending
-from .kafka_options import Compression, KafkaOptions, KeyChoice, connection, key_function, producer_config
-from .kafka_outage import Breaker, describe, fatal, record_specific, retriable
+from .kafka_options import Compression, KafkaOptions, KeyChoice, client_library, connection
+from .kafka_outage import Breaker, describe, fatal, record_specific, report, retriable
+from .kafka_producer import Flight, Producer, client_config, open_producer
 
 __all__ = ["Compression", "KafkaExporter", "KafkaOptions", "KafkaStats", "KeyChoice"]
 
 #: How often an outstanding batch checks that the broker still accepts connections.
 _PROBE_EVERY = 0.5
-
-#: Producers abandoned in a forked child: kept referenced so their finalizer never runs there.
-_orphans: list[Any] = []
 
 
 @dataclass(frozen=True)
@@ -75,21 +76,23 @@ class KafkaExporter(Exporter):
     Options = KafkaOptions
     options: KafkaOptions
     default_fallback: ClassVar[str | None] = "spool"
-    isolation: ClassVar[Literal["thread", "process"]] = "process"
 
     def __init__(self, options: KafkaOptions | None = None) -> None:
         super().__init__(options)
-        self._config = producer_config(self.options)
+        #: The client library in use: ``confluent-kafka`` or ``kafka-python``.
+        self.client = client_library(self.options)
+        self._config = client_config(self.client, self.options)
         self._connection = connection(self.options)
         self._addresses = self._connection.addresses()
-        self._key = key_function(self.options.key)
         self.max_in_flight = self.options.in_flight_batches
+        #: librdkafka's threads are C threads: no need for a child process to keep them off the GIL.
+        self.isolation: Literal["thread", "process"] = "thread" if self.client == "confluent-kafka" else "process"
         self._init_state()
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()  # producer and breaker state
         self._counts_lock = threading.Lock()
-        self._producer: Any = None
+        self._producer: Producer | None = None
         o = self.options
         self._breaker = Breaker(
             self._addresses, connect_timeout=o.connect_timeout, down_backoff=o.down_backoff, name=o.bootstrap_servers
@@ -118,21 +121,16 @@ class KafkaExporter(Exporter):
         if producer is None:
             self._count(0, len(batch))
             return Done(ExportResult.FAILURE)
-        futures, unsent = self._send(producer, batch)
-        return _InFlight(self, producer, batch, futures, unsent)
+        return _InFlight(self, producer, batch, producer.send(self.options.topic, batch))
 
-    def _outcome(
-        self, producer: Any, batch: Sequence[Record], futures: Sequence[Any], unsent: BaseException | None
-    ) -> ExportResult | PartialFailure:
-        """Wait for *futures* and turn their fate into the batch's outcome (see `export`)."""
-        pending = self._wait(producer, futures)
-        failed = [r for r, f in zip(batch, futures, strict=False) if f.exception is not None or not f.is_done]
-        failed += batch[len(futures) :]
+    def _outcome(self, producer: Producer, batch: Sequence[Record], flight: Flight) -> ExportResult | PartialFailure:
+        """Wait for *flight* and turn its records' fate into the batch's outcome (see `export`)."""
+        pending = self._wait(producer, flight)
+        failed, errors = flight.outcome(give_up=pending)
         self._count(len(batch) - len(failed), len(failed))
         if not failed:
             self._up()
             return ExportResult.SUCCESS
-        errors = [f.exception for f in futures if f.failed()] + ([unsent] if unsent is not None else [])
         if fatal(errors):
             self._discard(producer, f"producer reset after {describe(errors)}", down=False)
         elif pending or (len(failed) == len(batch) and all(retriable(e) for e in errors)):
@@ -151,20 +149,19 @@ class KafkaExporter(Exporter):
             self._closed = True
             producer, self._producer = self._producer, None
         if producer is not None:
-            _close(producer, timeout)
+            producer.close(timeout)
 
     def after_fork(self) -> None:
-        """Forget the parent's producer: its sockets and sender thread belong to the parent."""
+        """Forget the parent's producer: its sockets and sender threads belong to the parent."""
         producer = self._producer
         if producer is not None:
-            compat.unregister_atexit(producer)
-            _orphans.append(producer)
+            producer.forget()
         closed = self._closed
         self._init_state()  # counters start at zero in the child, like the dispatcher's
         self._closed = closed
 
     def describe(self) -> str:
-        return f"kafka {self.options.bootstrap_servers} topic {self.options.topic}"
+        return f"kafka {self.options.bootstrap_servers} topic {self.options.topic} ({self.client})"
 
     def stats(self) -> KafkaStats:
         with self._counts_lock:
@@ -172,7 +169,7 @@ class KafkaExporter(Exporter):
 
     # -- producing ---------------------------------------------------------------
 
-    def _ready_producer(self) -> Any:
+    def _ready_producer(self) -> Producer | None:
         """The producer, made now if needed; None while the broker counts as down."""
         with self._lock:
             if self._closed or self._breaker.open():
@@ -183,11 +180,10 @@ class KafkaExporter(Exporter):
                 self._breaker.trip("no broker accepts connections")
                 return None
             try:
-                producer = KafkaProducer(**self._config)
+                producer = open_producer(self.client, self._config, self.options, self._client_error)
             except Exception as exc:  # NoBrokersAvailable, bootstrap timeout, a refused TLS or SASL handshake ...
                 self._breaker.trip(f"cannot create producer: {self._why(exc)}")
                 return None
-            compat.unregister_atexit(producer)  # shutdown() closes it, after logpipe's final flush
             self._producer = producer
             self._producers += 1
             return producer
@@ -200,43 +196,28 @@ class KafkaExporter(Exporter):
             return f"{type(exc).__name__}: {exc}"
         return failure_message(exc, self._connection, timeout=self.options.connect_timeout)
 
-    def _send(self, producer: Any, batch: Sequence[Record]) -> tuple[list[Any], BaseException | None]:
-        """Hand the batch to the producer; stop at the first record it will not take."""
-        topic = self.options.topic
-        futures: list[Any] = []
-        for record in batch:
-            headers = [("id", record.id.encode())]
-            if record.trace_id:
-                headers.insert(0, ("trace_id", record.trace_id.encode()))
-            try:
-                future = producer.send(topic, value=record.payload, key=self._key(record), headers=headers)
-            except kafka.errors.MessageSizeTooLargeError as exc:
-                future = _failed_future(exc)  # this record can never go; the others still can
-            except Exception as exc:  # metadata timeout, producer closed
-                return futures, exc
-            futures.append(future)
-        return futures, None
+    def _client_error(self, error: Any) -> None:
+        """An error the client reports on its own (librdkafka's error callback): one line on stderr,
+        naming the setting to fix when the words say which (a wrong password, an untrusted CA ...)."""
+        c = self._connection
+        text = explain(error, c.prefix, c.security) or f"{error.name()}: {error.str()}"
+        report(f"{self.describe()}: {text}")
 
-    def _wait(self, producer: Any, futures: Sequence[Any]) -> bool:
-        """Wait for every future within the delivery budget; True if some are still pending.
+    def _wait(self, producer: Producer, flight: Flight) -> bool:
+        """Wait for every record of *flight* within the delivery budget; True if some are still pending.
 
-        Records resolve a producer batch at a time, so this waits on the latch
-        of each pending record's batch (kafka-python's ``FutureProduceResult``)
-        rather than putting a callback on every record: the sender thread, which
-        shares the GIL with the application, does no per-record work for us.
-        A pending future after the broker stopped accepting connections is
+        A pending record after the broker stopped accepting connections is
         given up on at once instead of at the end of the budget.
         """
         deadline = time.monotonic() + self.options.delivery_timeout + 1.0
-        for future in reversed(futures):  # the last ones are usually the last to resolve
-            while not future.is_done:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return True
-                compat.await_record(future, min(_PROBE_EVERY, left))
-                # Probe only after waiting in vain: a batch acknowledged within the slice costs no connect.
-                if not future.is_done and (self._producer is not producer or not self._reachable()):
-                    return True
+        while not flight.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            flight.await_progress(min(_PROBE_EVERY, left))
+            # Probe only after waiting in vain: a batch acknowledged within the slice costs no connect.
+            if not flight.done() and (self._producer is not producer or not self._reachable()):
+                return True
         return False
 
     def _reachable(self) -> bool:
@@ -250,14 +231,14 @@ class KafkaExporter(Exporter):
             with self._lock:
                 self._breaker.recovered()
 
-    def _discard(self, producer: Any, reason: str, *, down: bool) -> None:
+    def _discard(self, producer: Producer, reason: str, *, down: bool) -> None:
         """Stop using *producer*: its unacknowledged records fail now, a new one is made later."""
         with self._lock:
             if self._producer is producer:
                 self._producer = None
             if down:
                 self._breaker.trip(reason)
-        _abort(producer)
+        producer.abort()
 
     def _count(self, sent: int, failed: int) -> None:
         with self._counts_lock:
@@ -270,32 +251,9 @@ class _InFlight:
     """One batch handed to the producer, its acknowledgements not collected yet."""
 
     exporter: KafkaExporter
-    producer: Any
+    producer: Producer
     batch: Sequence[Record]
-    futures: Sequence[Any]
-    unsent: BaseException | None
+    flight: Flight
 
     def wait(self) -> ExportResult | PartialFailure:
-        return self.exporter._outcome(self.producer, self.batch, self.futures, self.unsent)
-
-
-def _failed_future(exc: BaseException) -> Any:
-    from kafka.future import Future
-
-    return Future().failure(exc)
-
-
-def _abort(producer: Any) -> None:
-    """Fail the producer's unsent records now and close it in the background.
-
-    ``close`` alone would first wait for them (it flushes).
-    """
-    compat.force_close(producer)
-    threading.Thread(target=_close, args=(producer, 2.0), name="logpipe-kafka-close", daemon=True).start()
-
-
-def _close(producer: Any, timeout: float) -> None:
-    try:
-        producer.close(timeout=timeout)
-    except Exception:
-        compat.force_close(producer)
+        return self.exporter._outcome(self.producer, self.batch, self.flight)

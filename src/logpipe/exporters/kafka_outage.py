@@ -1,10 +1,11 @@
 """Outage detection for the Kafka exporter: what a failure means, and the down-breaker.
 
-kafka-python keeps retrying a broker that is gone until each record's
-delivery budget runs out, which would hold every batch for
+Both client libraries keep retrying a broker that is gone until each
+record's delivery budget runs out, which would hold every batch for
 ``delivery_timeout`` seconds during an outage. The exporter instead asks two
 questions: is this failure about the broker, the producer or one record
-(`fatal`, `record_specific`, `retriable`), and does any bootstrap address
+(each producer backend classifies its library's errors as a `Failure`;
+`fatal`, `record_specific`, `retriable` read them), and does any bootstrap address
 still accept a TCP connection (`Breaker.reachable`)? When none does, the
 `Breaker` opens: for ``down_backoff`` seconds the exporter fails at once,
 without touching the network, so records flow to the spool at disk speed.
@@ -22,55 +23,47 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Sequence
-
-import kafka.errors
+from typing import Literal, NamedTuple
 
 from ..report import Reporter
 
-__all__ = ["Breaker", "describe", "fatal", "record_specific", "retriable"]
+__all__ = ["Breaker", "Failure", "FailureKind", "describe", "fatal", "record_specific", "retriable"]
 
-#: Failures that leave the producer itself unusable (idempotence state, fencing, closed).
-_FATAL = tuple(
-    getattr(kafka.errors, name)
-    for name in (
-        "IllegalStateError",
-        "OutOfOrderSequenceNumberError",
-        "UnknownProducerIdError",
-        "InvalidProducerEpochError",
-        "ProducerFencedError",
-    )
-    if hasattr(kafka.errors, name)
-)
-
-#: Failures of one record, not of the broker or the producer: retrying it elsewhere will not help.
-_RECORD_ERRORS = tuple(
-    getattr(kafka.errors, name)
-    for name in ("MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidRecordError", "CorruptRecordError")
-    if hasattr(kafka.errors, name)
-)
+#: What a failure is about, in both client libraries' common terms: the producer (``fatal``: its
+#: idempotence state or fencing, make a new one), one ``record`` (too large, invalid: retrying will
+#: not help), the broker (``retriable``: down, timed out, leader moved), or something ``other``.
+FailureKind = Literal["fatal", "record", "retriable", "other"]
 
 
-def fatal(errors: Sequence[BaseException | None]) -> bool:
+class Failure(NamedTuple):
+    """Why one record (or the rest of a batch) was not acknowledged; each producer backend classifies
+    its library's errors into this, so the outage logic here is written once for both."""
+
+    kind: FailureKind
+    #: ``ErrorName: text``, for one line on stderr.
+    text: str
+
+
+def fatal(errors: Sequence[Failure]) -> bool:
     """Some error leaves the producer unusable: make a new one."""
-    return any(isinstance(e, _FATAL) for e in errors)
+    return any(e.kind == "fatal" for e in errors)
 
 
-def record_specific(errors: Sequence[BaseException | None]) -> bool:
+def record_specific(errors: Sequence[Failure]) -> bool:
     """Every error is about its record (too large, invalid): the broker is fine, the records are not."""
-    return bool(errors) and all(isinstance(e, _RECORD_ERRORS) for e in errors)
+    return bool(errors) and all(e.kind == "record" for e in errors)
 
 
-def retriable(exc: BaseException | None) -> bool:
-    return bool(getattr(exc, "retriable", False))
+def retriable(error: Failure) -> bool:
+    return error.kind == "retriable"
 
 
-def describe(errors: Sequence[BaseException | None]) -> str:
+def describe(errors: Sequence[Failure]) -> str:
     """The first error, and how many more there were, for one line on stderr."""
-    first = next((e for e in errors if e is not None), None)
-    if first is None:
+    if not errors:
         return "unknown error"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{type(first).__name__}: {first}{more}"
+    return f"{errors[0].text}{more}"
 
 
 class Breaker:

@@ -67,7 +67,7 @@ _orphans: list[Any] = []
 def isolate(exporter: Exporter, choice: str) -> Exporter:
     """*exporter* itself, or wrapped to run in a child process, per ``LOGPIPE_ISOLATION``.
 
-    ``auto`` follows the exporter class's own `Exporter.isolation`.
+    ``auto`` follows the exporter's own `Exporter.isolation` (the Kafka exporter's depends on its client).
     """
     wanted = exporter.isolation if choice == "auto" else choice
     if wanted != "process" or isinstance(exporter, ProcessExporter):

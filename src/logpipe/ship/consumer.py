@@ -23,11 +23,10 @@ import importlib.util
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..exceptions import ConfigError
-from ..kafkaclient import Connection, kafka_python
-from ..plugins import DISTRIBUTION
+from ..kafkaclient import CLIENTS, Connection, KafkaClient, choose_client, kafka_python
 
 if TYPE_CHECKING:
     from .options import ShipOptions
@@ -47,11 +46,6 @@ __all__ = [
     "open_consumer",
     "resolve_client",
 ]
-
-KafkaClient = Literal["auto", "kafka-python", "confluent-kafka"]
-
-#: The accepted values of ``kafka_client``, and the module each one needs.
-CLIENTS: dict[str, str] = {"kafka-python": "kafka", "confluent-kafka": "confluent_kafka"}
 
 
 class TopicPartition(NamedTuple):
@@ -156,14 +150,11 @@ def resolve_client(
     expression) uses syntax librdkafka's regex engine lacks, such as
     lookahead: then the pattern wins and kafka-python consumes.
     """
-    if choice not in ("auto", *CLIENTS):
-        raise ConfigError(f"{variable}={choice!r}: expected auto, {', '.join(CLIENTS)}")
     if choice == "auto":
         fast = _installed("confluent_kafka") and (pattern is None or _librdkafka_accepts(pattern))
-        return "confluent-kafka" if fast or not _installed("kafka") else "kafka-python"
-    if not _installed(CLIENTS[choice]):
-        extra = f"{DISTRIBUTION}[ship]" if choice == "confluent-kafka" else f"{DISTRIBUTION}[kafka]"
-        raise ConfigError(f"{variable}={choice}: {choice} is not installed (pip install '{extra}')")
+        if not fast and _installed("kafka"):
+            return "kafka-python"
+    choice = choose_client(choice, variable, extras={"kafka-python": "kafka", "confluent-kafka": "ship"})
     if choice == "confluent-kafka" and pattern is not None and not _librdkafka_accepts(pattern):
         raise ConfigError(
             f"{pattern_variable}={pattern!r}: librdkafka (confluent-kafka) cannot use this regular expression "

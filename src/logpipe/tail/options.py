@@ -161,7 +161,8 @@ class TailOptions:
     isolation: Literal["auto", "thread", "process"] = setting(
         "auto",
         "Where the Kafka exporter runs, as LOGPIPE_ISOLATION: process (a child process: reading and "
-        "recognising lines and kafka-python's work use two cores), thread, or auto (process).",
+        "recognising lines and kafka-python's work use two cores), thread, or auto (the exporter's choice: "
+        "in process with confluent-kafka, whose threads are C threads; a child process with kafka-python).",
     )
 
 
