@@ -242,7 +242,7 @@ def run(ctx: Context) -> Section:
     require_module("confluent_kafka", "confluent-kafka")
     require_module("psutil")
     try:
-        import logpipe.shipper  # noqa: F401
+        import logpipe.ship  # noqa: F401
     except ImportError as exc:
         raise Skip(f"logpipe ship is not available ({exc})") from None
     from confluent_kafka.admin import AdminClient

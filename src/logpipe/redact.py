@@ -81,6 +81,9 @@ _CARD = re.compile(r"(?P<card>(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.]))")
 #: (a date like 2026-12-03 or a time does not qualify, so ordinary log lines skip the card scan).
 _CARD_HINT = re.compile(r"\d{4}[ -]?\d{4}")
 
+#: Values that cannot hold a secret: passed over without further checks.
+_SCALARS = frozenset({int, float, bool, type(None)})
+
 #: Most keys and strings a `Redactor` remembers as harmless (they repeat; the sets do not grow forever).
 _CACHE = 8192
 #: Longer strings are checked each time rather than remembered.
@@ -145,11 +148,14 @@ class Redactor:
                     event_dict[key] = MASK
         clean = self._clean
         for key, value in event_dict.items():
-            if type(value) is str:
+            kind = type(value)
+            if kind is str:
                 if value in clean:
                     continue
                 masked = self.text(value)
-            elif isinstance(value, (Mapping, list, tuple)):
+            elif kind in _SCALARS:
+                continue  # before the isinstance below: a check against the Mapping ABC costs a call
+            elif kind is dict or kind is list or kind is tuple or isinstance(value, Mapping):
                 masked = self.value(value)
             else:
                 continue
@@ -196,11 +202,12 @@ class Redactor:
 
     def value(self, value: Any, depth: int = 0) -> Any:
         """*value* with secrets masked; the same object when nothing changed (nothing is copied then)."""
-        if type(value) is str:
+        kind = type(value)
+        if kind is str:
             return self.text(value)
-        if depth > 32:
+        if depth > 32 or kind in _SCALARS:
             return value
-        if isinstance(value, Mapping):
+        if kind is dict or isinstance(value, Mapping):
             changed: dict[Any, Any] | None = None
             for key, item in value.items():
                 new = MASK if self._secret(key) else self.value(item, depth + 1)
