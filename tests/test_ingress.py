@@ -96,3 +96,10 @@ class TestExactTime:
         result = parse(b'{"Id":"1","Msg":"m","Time":"2026-12-03T08:00:00+08:00"}', exact_time=True)
         assert isinstance(result, Record)
         assert result.ts == datetime(2026, 12, 3, 0, 0, tzinfo=timezone.utc).timestamp()
+
+
+def test_read_time_false_checks_but_does_not_parse_the_time() -> None:
+    """The tailer's path: Time must be a string, the record's ts is the moment received."""
+    result = parse(b'{"Id":"1","Msg":"m","Time":"2026-12-03T08:00:00+00:00"}', read_time=False, received=5.0)
+    assert isinstance(result, Record) and result.ts == 5.0
+    assert isinstance(parse(b'{"Id":"1","Msg":"m","Time":7}', read_time=False), Invalid)
