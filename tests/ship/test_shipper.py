@@ -92,6 +92,7 @@ class TestOptions:
 
         assert consumer.resolve_client("auto") == "confluent-kafka"  # the test extra installs both
         monkeypatch.setattr(consumer, "_installed", lambda module: module != "confluent_kafka")
+        monkeypatch.setattr("logpipe.kafkaclient._importable", lambda module: module != "confluent_kafka")
         assert consumer.resolve_client("auto") == "kafka-python"
         with pytest.raises(ConfigError, match=r"LOGPIPE_SHIP_KAFKA_CLIENT=confluent-kafka: .*logpipe-kafkalog\[ship\]"):
             load_options({"topics": "a", "kafka_client": "confluent-kafka"}, environ={})
