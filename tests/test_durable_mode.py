@@ -25,7 +25,7 @@ import pytest
 import structlog
 
 import logpipe
-from conftest import consume_all, wait_until
+from conftest import Service, consume_all, wait_until
 from logpipe.exporters.spool import SpoolExporter, SpoolOptions
 from logpipe.journal import JournalDispatcher
 from logpipe.record import Record, info
@@ -346,11 +346,9 @@ def test_sigkill_loses_no_record_whose_call_returned_file(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 @pytest.mark.kafka
-def test_sigkill_loses_no_record_whose_call_returned_kafka(tmp_path: Path) -> None:
-    """The same with the Kafka exporter (LOGPIPE_TEST_KAFKA_BOOTSTRAP): every returned record in the topic."""
-    bootstrap = os.environ.get("LOGPIPE_TEST_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        pytest.skip("LOGPIPE_TEST_KAFKA_BOOTSTRAP is not set (a shared broker)")
+def test_sigkill_loses_no_record_whose_call_returned_kafka(tmp_path: Path, kafka_service: Service) -> None:
+    """The same with the Kafka exporter (the session's real broker): every returned record in the topic."""
+    bootstrap = kafka_service.address
     rng = random.Random(os.environ.get("LOGPIPE_TEST_SEED", str(time.time_ns())))
     topic = f"durable-{uuid.uuid4().hex[:12]}"
     env = {

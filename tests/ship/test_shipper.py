@@ -616,7 +616,8 @@ class TestEndToEnd:
             # ... and the shipper has been round its loop since (progress is called after each settle)
             seen = len(ticks)
             assert wait_until(lambda: len(ticks) >= seen + 2, 30)
-            assert shipper.stats.commits == 0 and shipper.stats.in_flight >= 200
+            # (batches may be partial: a poll hands over what has arrived, so count what was indexed)
+            assert shipper.stats.commits == 0 and shipper.stats.in_flight >= _count(client, names["prefix"]) + 1
             assert _committed(kafka_service, names["group"]) == 0
         finally:
             gate.set()
