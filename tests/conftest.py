@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,3 +236,39 @@ def es_front(es_service: Service) -> Iterator[EsFront]:
     finally:
         _run_script("es-front.sh", "wipe", env)
         shutil.rmtree(env["LOGPIPE_SERVICES_DIR"], ignore_errors=True)
+
+
+# -- Elasticsearch: what the index tests of several modules share --------------------------------------
+
+
+@pytest.fixture
+def client(es_service: Service) -> Iterator[Any]:
+    """A client of the session's real node (modules with other needs define their own)."""
+    from elasticsearch import Elasticsearch
+
+    with Elasticsearch(es_service.address, request_timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def prefix(client: Any) -> Iterator[str]:
+    """A fresh index prefix; its indices and template are deleted afterwards."""
+    from logpipe import elasticsearch as es
+
+    name = f"lptest-{uuid.uuid4().hex[:10]}"
+    yield name
+    client.options(ignore_status=404).indices.delete(index=f"{name}-*")
+    client.options(ignore_status=404).indices.delete_index_template(name=es.template_name(name))
+
+
+def es_settings(es_service: Service, prefix: str, **kw: Any) -> dict[str, Any]:
+    """Elasticsearch options for the session's node under *prefix* (one node: no replicas)."""
+    return {"hosts": (es_service.address,), "index_prefix": prefix, "replicas": 0, **kw}
+
+
+def es_docs(client: Any, prefix: str) -> list[dict[str, Any]]:
+    """Every document under *prefix*, after a refresh."""
+    from elasticsearch.helpers import scan
+
+    client.indices.refresh(index=f"{prefix}-*")
+    return list(scan(client, index=f"{prefix}-*", query={"query": {"match_all": {}}}))

@@ -6,8 +6,6 @@ Each test uses its own index prefix and deletes its indices and template afterwa
 from __future__ import annotations
 
 import socket
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import Service
-from logpipe import elasticsearch as es
+from conftest import es_settings as _options
 from logpipe.cli import main
 from logpipe.cli.search import build_query, time_bound
 from logpipe.exporters.base import ExportResult
@@ -52,34 +50,6 @@ class TestSearchQuery:
         assert {"terms": {"Type": ["error"]}} in query["bool"]["filter"]
         assert {"terms": {"Service": ["api"]}} in query["bool"]["filter"]
         assert {"term": {"TraceId": "abc"}} in query["bool"]["filter"]
-
-
-@pytest.fixture
-def client(es_service: Service) -> Iterator[Any]:
-    from elasticsearch import Elasticsearch
-
-    with Elasticsearch(es_service.address, request_timeout=30) as c:
-        yield c
-
-
-@pytest.fixture
-def prefix(client: Any) -> Iterator[str]:
-    """A fresh index prefix; its indices and template are deleted afterwards."""
-    name = f"lptest-{uuid.uuid4().hex[:10]}"
-    yield name
-    client.options(ignore_status=404).indices.delete(index=f"{name}-*")
-    client.options(ignore_status=404).indices.delete_index_template(name=es.template_name(name))
-
-
-def _options(es_service: Service, prefix: str, **kw: Any) -> dict[str, Any]:
-    return {"hosts": (es_service.address,), "index_prefix": prefix, "replicas": 0, **kw}
-
-
-def _docs(client: Any, prefix: str) -> list[dict[str, Any]]:
-    from elasticsearch.helpers import scan
-
-    client.indices.refresh(index=f"{prefix}-*")
-    return list(scan(client, index=f"{prefix}-*", query={"query": {"match_all": {}}}))
 
 
 @pytest.mark.elasticsearch

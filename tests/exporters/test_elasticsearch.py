@@ -6,8 +6,6 @@ Each test uses its own index prefix and deletes its indices and template afterwa
 from __future__ import annotations
 
 import socket
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ import structlog
 
 import logpipe
 from conftest import Service
+from conftest import es_docs as _docs
+from conftest import es_settings as _options
 from logpipe import deadletter
 from logpipe import elasticsearch as es
 from logpipe.exceptions import ConfigError
@@ -34,34 +34,6 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def client(es_service: Service) -> Iterator[Any]:
-    from elasticsearch import Elasticsearch
-
-    with Elasticsearch(es_service.address, request_timeout=30) as c:
-        yield c
-
-
-@pytest.fixture
-def prefix(client: Any) -> Iterator[str]:
-    """A fresh index prefix; its indices and template are deleted afterwards."""
-    name = f"lptest-{uuid.uuid4().hex[:10]}"
-    yield name
-    client.options(ignore_status=404).indices.delete(index=f"{name}-*")
-    client.options(ignore_status=404).indices.delete_index_template(name=es.template_name(name))
-
-
-def _options(es_service: Service, prefix: str, **kw: Any) -> dict[str, Any]:
-    return {"hosts": (es_service.address,), "index_prefix": prefix, "replicas": 0, **kw}
-
-
-def _docs(client: Any, prefix: str) -> list[dict[str, Any]]:
-    from elasticsearch.helpers import scan
-
-    client.indices.refresh(index=f"{prefix}-*")
-    return list(scan(client, index=f"{prefix}-*", query={"query": {"match_all": {}}}))
 
 
 @pytest.mark.elasticsearch
