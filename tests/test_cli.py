@@ -65,3 +65,58 @@ def test_readme_one_liner_leaves_one_record(tmp_path: Path) -> None:
     doc = orjson.loads(line)
     assert tuple(doc) == WIRE_KEYS
     assert (doc["Msg"], doc["Field"], doc["FuncName"]) == ("hi", {"user": 1}, "__main__.<module>")
+
+
+class TestStartUp:
+    """Sub-commands and the package's names load when used, so ``logpipe tail`` starts fast."""
+
+    def test_every_sub_command_loads_and_is_listed(self) -> None:
+        from logpipe.cli import COMMANDS
+
+        ctx = main.make_context("logpipe", ["--help"], resilient_parsing=True)
+        assert main.list_commands(ctx) == sorted(COMMANDS)
+        for name in COMMANDS:
+            command = main.get_command(ctx, name)
+            assert command is not None and command.name == name
+        assert main.get_command(ctx, "no-such-command") is None
+
+    def test_help_lists_every_sub_command(self) -> None:
+        from logpipe.cli import COMMANDS
+
+        result = CliRunner().invoke(main, ["--help"])
+        assert result.exit_code == 0, result.output
+        assert all(f"  {name} " in result.output for name in COMMANDS)
+
+    def test_tail_and_ship_do_not_import_structlog_or_the_renderer(self) -> None:
+        """structlog's import pulls rich's tracebacks in: half of ``logpipe tail``'s start-up before."""
+        code = (
+            "import sys\n"
+            "from logpipe.cli import main\n"
+            "ctx = main.make_context('logpipe', ['tail', '--help'], resilient_parsing=True)\n"
+            "main.get_command(ctx, 'tail'); main.get_command(ctx, 'ship')\n"
+            "import logpipe.tail.server\n"
+            "print(sorted(m for m in ('structlog', 'logpipe.pipeline', 'logpipe.cli.search') if m in sys.modules))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "[]"
+
+
+class TestPackageNames:
+    def test_every_public_name_resolves_to_its_module(self) -> None:
+        import importlib
+
+        import logpipe
+
+        for name in logpipe.__all__:
+            value = getattr(logpipe, name)
+            home = importlib.import_module(logpipe._HOME[name], "logpipe")
+            assert value is getattr(home, name)
+        assert set(logpipe.__all__) <= set(dir(logpipe))
+
+    def test_an_unknown_name_is_an_attribute_error(self) -> None:
+        import pytest
+
+        import logpipe
+
+        with pytest.raises(AttributeError, match="no_such_name"):
+            logpipe.no_such_name  # type: ignore[attr-defined]  # noqa: B018

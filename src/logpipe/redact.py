@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from structlog.typing import EventDict, WrappedLogger
+if TYPE_CHECKING:  # structlog itself is not imported by the tailer and the shipper, which redact too
+    from structlog.typing import EventDict, WrappedLogger
 
 from .exceptions import ConfigError
 
