@@ -32,6 +32,7 @@ WORKLOADS = [
     ("es_ceiling", "bench.es_ceiling"),
     ("peers_kafka_es", "bench.peers_kafka_es"),
     ("ship_scale", "bench.ship_scale"),
+    ("before_after", "bench.before_after"),
 ]
 KEYS = [k for k, _ in WORKLOADS]
 

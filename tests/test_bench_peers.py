@@ -181,3 +181,34 @@ def test_the_new_workloads_are_registered() -> None:
         assert key == module.KEY and module.TITLE and callable(module.run)
     # the ceiling runs before the ship peers, which reuse its setting
     assert bench_main.KEYS.index("es_ceiling") < bench_main.KEYS.index("peers_kafka_es")
+
+
+class TestBeforeAfter:
+    def test_the_base_revision_is_unpacked_and_imported_from_its_own_src(self, tmp_path: Path) -> None:
+        from bench import before_after
+
+        src = before_after._revision_src(tmp_path)
+        assert src is not None and (src / "logpipe" / "__init__.py").is_file()
+        code = "import sys; sys.path.insert(0, sys.argv[1]); import logpipe; print(logpipe.__file__)"
+        out = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True, check=True)
+        assert out.stdout.strip().startswith(str(src))
+
+    def test_rows_compare_each_round_with_the_before_round(self) -> None:
+        from bench import before_after
+        from bench.common import Section
+
+        runs = {
+            "before": [{"rate": 100.0, "cpu": 1.0, "rss": 1 << 20, "delivered": 10}] * 3,
+            "after-kafka-python": [{"rate": 90.0, "cpu": 1.0, "rss": 1 << 20, "delivered": 10}] * 3,
+            "after": [
+                {"rate": r, "cpu": 0.5, "rss": 1 << 20, "delivered": d} for r, d in ((300.0, 10), (200, 10), (250, 9))
+            ],
+        }
+        section = Section(key="k", title="t", columns=[])
+        before_after._table(section, "tail", runs, 10, "cpu", "us/line")
+        after = section.rows[2]
+        assert after["vs before"] == "2.50x"
+        assert after["delivered"] == "9/10"  # the worst round shows, not the best
+        assert section.rows[1]["vs before"] == "0.90x"
+        before_after._targets(section, runs, runs)
+        assert [t.met for t in section.targets] == [True, True]
