@@ -47,6 +47,7 @@ from .common import (
     require_module,
     spread,
     unique,
+    unpack_revision,
 )
 from .kafka_throughput import make_records
 
@@ -113,13 +114,7 @@ APP = textwrap.dedent(
 
 def _revision_src(workdir: Path) -> Path | None:
     """``src/`` of `BASE`, unpacked under *workdir*; None when this clone does not have it."""
-    archive = subprocess.run(["git", "archive", "--format=tar", BASE, "src"], cwd=REPO, capture_output=True)
-    if archive.returncode != 0:
-        return None
-    root = workdir / f"rev-{BASE}"
-    root.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True, capture_output=True)
-    return root / "src"
+    return unpack_revision(BASE, workdir, f"rev-{BASE}")
 
 
 def _command(src: Path) -> list[str]:

@@ -267,6 +267,17 @@ def machine() -> dict[str, str]:
     return info
 
 
+def unpack_revision(revision: str, workdir: Path, name: str) -> Path | None:
+    """``src/`` of the repository at *revision*, unpacked into *workdir*/*name*; None when git cannot produce it."""
+    archive = subprocess.run(["git", "archive", "--format=tar", revision, "src"], cwd=REPO, capture_output=True)
+    if archive.returncode != 0:
+        return None
+    root = workdir / name
+    root.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True, capture_output=True)
+    return root / "src"
+
+
 def load_average() -> float:
     try:
         return os.getloadavg()[0]

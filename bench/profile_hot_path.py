@@ -34,7 +34,7 @@ from typing import Any
 
 from . import call_cost
 from .call_cost import Peer
-from .common import REPO, Context, Section, fmt_num, fmt_ratio, median, spread
+from .common import REPO, Context, Section, fmt_num, fmt_ratio, median, spread, unpack_revision
 
 KEY = "profile"
 TITLE = "Profile of the log call and fixes, before/after"
@@ -80,13 +80,10 @@ def load_revision(name: str, revision: str, workdir: Path) -> ModuleType | None:
     """src/logpipe as of *revision*, importable as *name*; None when git cannot produce it."""
     target = workdir / "pkgs" / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", "--format=tar", revision, "src/logpipe"], cwd=REPO, capture_output=True)
-    if archive.returncode != 0:
+    src = unpack_revision(revision, workdir, f"rev-{name}")
+    if src is None:
         return None
-    unpack = workdir / f"rev-{name}"
-    unpack.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(unpack)], input=archive.stdout, check=True, capture_output=True)
-    shutil.move(str(unpack / "src" / "logpipe"), str(target))
+    shutil.move(str(src / "logpipe"), str(target))
     if str(target.parent) not in sys.path:
         sys.path.insert(0, str(target.parent))
     return importlib.import_module(name)
