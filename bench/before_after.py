@@ -122,8 +122,10 @@ def _command(src: Path) -> list[str]:
     return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(src)!r}); from logpipe.cli import main; main()"]
 
 
-def _env(extra: dict[str, str], work: Path) -> dict[str, str]:
+def _env(src: Path, extra: dict[str, str], work: Path) -> dict[str, str]:
+    """No inherited ``LOGPIPE_*``; *src* on ``PYTHONPATH``, so the exporter's child process runs the same code."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOGPIPE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
     return {**env, "LOGPIPE_KAFKA_ACKS": "all", "LOGPIPE_TAIL_DEAD_LETTER": str(work / "dead.jsonl"), **extra}
 
 
@@ -132,7 +134,7 @@ def run_tail(src: Path, extra: dict[str, str], path: Path, n: int, work: Path) -
     create_topic(topic, PARTITIONS)
     cmd = [*_command(src), "tail", "--once", "-q", "--registry", str(work / "registry.json")]
     cmd += ["-b", KAFKA_BOOTSTRAP, "-t", topic, str(path)]
-    watched = peers.Watched(cmd, env=_env(extra, work))
+    watched = peers.Watched(cmd, env=_env(src, extra, work))
     usage = watched.finish(600)
     if usage.returncode:
         raise RuntimeError(f"logpipe tail exited {usage.returncode}: {' | '.join(watched.stderr[-3:])}")
@@ -148,7 +150,7 @@ def run_calls(src: Path, extra: dict[str, str], n: int, work: Path) -> dict[str,
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         [sys.executable, str(script), str(src), KAFKA_BOOTSTRAP, topic, str(n)],
-        env=_env(extra, work),
+        env=_env(src, extra, work),
         capture_output=True,
         text=True,
         timeout=600,
