@@ -107,6 +107,7 @@ def test_spool_disk_full_then_room_and_broker_back(
         assert "Traceback" not in err, err
         if how == "tmpfs":
             assert "No space left on device" in err, err
+            assert str(spool.directory) in err, err  # the message says where the disk is full
         # 2. room again (the ballast goes), the broker still unreachable: the spool takes records again
         ballast.unlink()
         room_n = 300

@@ -112,6 +112,35 @@ class TestSizeCap:
         assert spool.stats().dropped == 6
 
 
+class TestDiskErrors:
+    def test_a_failed_write_names_the_segment_and_accepts_nothing(self, tmp_path: Path, monkeypatch) -> None:
+        """ENOSPC on write carries no file name; the spool's error says which file, so an operator knows where."""
+        import errno
+
+        import pytest
+
+        from logpipe import durable
+
+        spool = Spool(tmp_path / "s")
+        first, second, third = (info(f"record {i}", "f", {}) for i in range(3))
+        assert spool.append([first.payload]) == 1
+
+        def full(fd: int, data: bytes) -> None:
+            os.write(fd, data[:3])  # a full disk takes part of the write
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(durable, "write_all", full)
+        with pytest.raises(OSError, match="No space left on device") as caught:
+            spool.append([second.payload, third.payload])
+        assert caught.value.errno == errno.ENOSPC
+        assert caught.value.filename is not None and Path(caught.value.filename).parent == tmp_path / "s"
+        assert str(tmp_path / "s") in str(caught.value)
+        monkeypatch.undo()
+        replayed = InMemoryExporter()
+        drain(spool, replayed)
+        assert [r.id for r in replayed.records] == [first.id]  # the torn part was cut off, nothing else replayed
+
+
 class TestProcesses:
     def test_only_one_process_holds_the_replay_lock(self, tmp_path: Path) -> None:
         """A second process cannot take replay.lock while the first holds it; it can once released."""

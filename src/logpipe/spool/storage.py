@@ -125,16 +125,20 @@ class Spool:
             if not self._make_room(len(data)):
                 self._dropped += len(payloads)
                 return 0
-            fd = self._writable(len(data))
+            try:
+                fd = self._writable(len(data))
+            except OSError as exc:
+                raise _naming(exc, self.directory) from None
+            target = self._active
             try:
                 durable.write_all(fd, data)
-            except OSError:
+            except OSError as exc:
                 # A full disk takes part of the write: cut it off, so that no record of a batch
                 # counted as not accepted is replayed anyway, and no torn line is left behind.
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, self._active_size)
                 self._roll()  # a partial line must end a segment, never precede the next write
-                raise
+                raise _naming(exc, target or self.directory) from None
             self._active_size += len(data)
             self._estimate = (self._estimate or 0) + len(data)
             self._written += len(payloads)
@@ -350,3 +354,13 @@ class Spool:
 
 #: Tells a human on stderr, at most every 10 s (shared by the spool, its exporter and replayers).
 report = Reporter("spool: ")
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """*exc* with the file or directory it concerns, so "No space left on device" says where.
+
+    A failed ``write`` carries no file name (``open`` does, and keeps it).
+    """
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
