@@ -24,6 +24,41 @@ class TestDelivery:
         assert exporter.payloads() == first + second
         assert 1 < exporter.most_outstanding <= FakeKafka.max_in_flight  # batches were pipelined
 
+    def test_a_file_that_never_goes_quiet_is_checkpointed_while_it_is_read(self, tmp_path: Path) -> None:
+        """The registry is written every registry_flush seconds while batches keep going, not only when idle:
+        a SIGKILL in the middle of a long file resends from the last checkpoint, not from the start."""
+        import threading
+        import time
+
+        class Slow(FakeKafka):
+            def export(self, batch):  # type: ignore[no-untyped-def]
+                time.sleep(0.002)  # a broker a little slower than the reader: the tailer is never idle
+                return super().export(batch)
+
+        log = tmp_path / "app.log"
+        lines = kafkalog_lines(8_000)
+        write(log, lines)
+        size = log.stat().st_size
+        opts = options(tmp_path, "app.log", batch_size=50, registry_flush=0.05)
+        seen: list[int] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                if opts.registry.exists():
+                    seen.extend(registry_offsets(opts).values())
+                done.wait(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            assert once(opts, Slow()).sent == len(lines)
+        finally:
+            done.set()
+            watcher.join()
+        assert seen and min(seen) < size, "the registry was first written at the end of the file"
+        assert list(registry_offsets(opts).values()) == [size]
+
 
 class TestFailures:
     def test_unavailable_kafka_holds_the_file_then_resumes(self, tmp_path: Path) -> None:
