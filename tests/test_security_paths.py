@@ -65,13 +65,20 @@ def messages(broker: SecureKafka, topic: str, expect: int, timeout: float = 60) 
     return found
 
 
+CLIENTS = ["kafka-python", "confluent-kafka"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("isolation", ["thread", "process"])
-def test_the_exporter_delivers_masked_records_over_sasl_ssl(secure_kafka: SecureKafka, isolation: str) -> None:
+def test_the_exporter_delivers_masked_records_over_sasl_ssl(
+    secure_kafka: SecureKafka, isolation: str, client: str
+) -> None:
     """A record with password="hunter2" and a JWT in Msg reaches Kafka masked, through SCRAM over TLS."""
     topic = f"sec-{uuid.uuid4().hex[:8]}"
     structlog.configure(
         processors=logpipe.processors(
-            exporter="kafka", exporter_options={"kafka": {**settings(secure_kafka), "topic": topic}},
+            exporter="kafka",
+            exporter_options={"kafka": {**settings(secure_kafka), "topic": topic, "client": client}},
             isolation=isolation, local_render="none",
         )
     )  # fmt: skip
@@ -88,8 +95,9 @@ def test_the_exporter_delivers_masked_records_over_sasl_ssl(secure_kafka: Secure
         assert b"hunter2" not in message.value
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_a_wrong_password_spools_names_the_setting_and_replay_delivers_later(
-    secure_kafka: SecureKafka, tmp_path: Path
+    secure_kafka: SecureKafka, tmp_path: Path, client: str
 ) -> None:
     """Records go to the spool, stderr names LOGPIPE_KAFKA_SASL_PASSWORD, no secret shows; `logpipe replay`
     with the right password delivers them all."""
@@ -104,6 +112,7 @@ def test_a_wrong_password_spools_names_the_setting_and_replay_delivers_later(
         "assert logpipe.flush(60)\n"
     )
     app_env = {**os.environ, **env(secure_kafka, "LOGPIPE_KAFKA_", wrong), "LOGPIPE_KAFKA_TOPIC": topic}
+    app_env["LOGPIPE_KAFKA_CLIENT"] = client
     done = subprocess.run([sys.executable, "-c", app], cwd=tmp_path, env=app_env, capture_output=True, text=True,
                           timeout=180)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -113,6 +122,7 @@ def test_a_wrong_password_spools_names_the_setting_and_replay_delivers_later(
     assert SpoolCounter().backlog(spool).records == 30
 
     replay_env = {**os.environ, **env(secure_kafka, "LOGPIPE_KAFKA_"), "LOGPIPE_KAFKA_TOPIC": topic}
+    replay_env["LOGPIPE_KAFKA_CLIENT"] = client
     replayed = subprocess.run([str(LOGPIPE), "replay", str(spool), "--exporter", "kafka"], cwd=tmp_path,
                               env=replay_env, capture_output=True, text=True, timeout=180)  # fmt: skip
     assert replayed.returncode == 0, replayed.stderr
@@ -121,7 +131,8 @@ def test_a_wrong_password_spools_names_the_setting_and_replay_delivers_later(
     assert ids == set(range(30))
 
 
-def test_tail_over_sasl_ssl_with_flags(secure_kafka: SecureKafka, tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_tail_over_sasl_ssl_with_flags(secure_kafka: SecureKafka, tmp_path: Path, client: str) -> None:
     """`logpipe tail --security-protocol ...` with the password from the environment only."""
     topic = f"sec-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "app.log"
@@ -131,7 +142,8 @@ def test_tail_over_sasl_ssl_with_flags(secure_kafka: SecureKafka, tmp_path: Path
         [str(LOGPIPE), "tail", "--once", "--quiet", str(log), "-t", topic, "-b", s["bootstrap_servers"],
          "--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-512", "--sasl-username",
          s["sasl_username"], "--ssl-cafile", s["ssl_cafile"]],
-        cwd=tmp_path, env={**os.environ, "LOGPIPE_KAFKA_SASL_PASSWORD": secure_kafka.password},
+        cwd=tmp_path,
+        env={**os.environ, "LOGPIPE_KAFKA_SASL_PASSWORD": secure_kafka.password, "LOGPIPE_KAFKA_CLIENT": client},
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -142,7 +154,7 @@ def test_tail_over_sasl_ssl_with_flags(secure_kafka: SecureKafka, tmp_path: Path
 
 
 @pytest.mark.elasticsearch
-@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+@pytest.mark.parametrize("client", CLIENTS)
 def test_ship_consumes_and_dead_letters_over_sasl_ssl(
     secure_kafka: SecureKafka, es_service: Service, client: str, tmp_path: Path
 ) -> None:
