@@ -26,12 +26,21 @@ from logpipe.exporters.kafka import KafkaExporter, KafkaOptions
 from .support import Running, kafkalog_lines, once, options, registry_offsets, write
 
 
+@pytest.fixture(autouse=True, params=["kafka-python", "confluent-kafka"])
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both client libraries: LOGPIPE_KAFKA_CLIENT for the command, `kafka` for the Tailer API."""
+    name: str = request.param
+    monkeypatch.setenv("LOGPIPE_KAFKA_CLIENT", name)
+    return name
+
+
 def unique_topic(name: str) -> str:
     return f"logpipe-test-tail-{name}-{uuid.uuid4().hex[:10]}"
 
 
 def kafka(address: str, topic: str, **extra: Any) -> KafkaExporter:
-    return KafkaExporter(KafkaOptions(bootstrap_servers=address, topic=topic, **extra))
+    client = os.environ["LOGPIPE_KAFKA_CLIENT"]  # set by the `client` fixture
+    return KafkaExporter(KafkaOptions(bootstrap_servers=address, topic=topic, client=client, **extra))
 
 
 @pytest.mark.kafka
