@@ -85,12 +85,16 @@ class Chaos:
             raise self.error
 
 
-def log_to(cluster: Cluster, topic: str, tmp_path: Path) -> Any:
-    """structlog logging through logpipe's Kafka exporter (acks=all) into *topic*, spooling under tmp_path."""
+#: The Kafka client libraries every exporter and tailer fault runs on.
+CLIENTS = ["kafka-python", "confluent-kafka"]
+
+
+def log_to(cluster: Cluster, topic: str, tmp_path: Path, client: str = "auto") -> Any:
+    """structlog logging through logpipe's Kafka exporter (acks=all, on *client*) into *topic*; spool under tmp_path."""
     pipeline = logpipe.configure(
         exporter="kafka",
         exporter_options={
-            "kafka": {"bootstrap_servers": cluster.address, "topic": topic, "acks": "all"},
+            "kafka": {"bootstrap_servers": cluster.address, "topic": topic, "acks": "all", "client": client},
             "spool": {"dir": tmp_path / "spool", "replay_interval": 0.2},
         },
         local_render="none",
@@ -160,16 +164,17 @@ def assert_accepted_all(stats: Any, n: int) -> None:
 # -- the application's Kafka exporter ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("victim", ["leader", "follower"])
 def test_kill_9_of_a_broker_while_logging(
-    healthy_cluster: Cluster, topic: str, matrix: FaultMatrix, tmp_path: Path, victim: str
+    healthy_cluster: Cluster, topic: str, matrix: FaultMatrix, tmp_path: Path, victim: str, client: str
 ) -> None:
     """kill -9 of the partition's leader (or a follower) mid-stream: every logged record reaches the topic."""
     cluster = healthy_cluster
     cluster.create_topic(topic, 1)
     leader = cluster.leader(topic)
     node = leader if victim == "leader" else next(n for n in NODES if n != leader)
-    log = log_to(cluster, topic, tmp_path)
+    log = log_to(cluster, topic, tmp_path, client)
     chaos = Chaos(lambda: cluster.kill(node))
     n, rate = 20_000, 2_000.0
     started = time.monotonic()
@@ -189,8 +194,8 @@ def test_kill_9_of_a_broker_while_logging(
         assert after != node
     assert chaos.at is not None
     matrix.add(
-        f"kill -9 of the partition {victim} (exporter, acks=all)",
-        test=f"test_kill_9_of_a_broker_while_logging[{victim}]",
+        f"kill -9 of the partition {victim} (exporter on {client}, acks=all)",
+        test=f"test_kill_9_of_a_broker_while_logging[{victim}-{client}]",
         logged=n,
         rate=rate,
         lost=n - len(by_seq),
@@ -205,13 +210,14 @@ def test_kill_9_of_a_broker_while_logging(
     )
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_rolling_restart_while_logging_1000_per_second(
-    healthy_cluster: Cluster, topic: str, matrix: FaultMatrix, tmp_path: Path
+    healthy_cluster: Cluster, topic: str, matrix: FaultMatrix, tmp_path: Path, client: str
 ) -> None:
     """Each broker restarted in turn while the application logs 1,000 ev/s: every record reaches the topic."""
     cluster = healthy_cluster
     cluster.create_topic(topic, 3)
-    log = log_to(cluster, topic, tmp_path)
+    log = log_to(cluster, topic, tmp_path, client)
     chaos = Chaos(lambda: cluster.run("restart", timeout=600))
     rate = 1_000.0
     started = time.monotonic()
@@ -234,8 +240,8 @@ def test_rolling_restart_while_logging_1000_per_second(
     assert all(len(v) == 1 for v in by_seq.values())
     assert chaos.at is not None and chaos.done_at is not None
     matrix.add(
-        "rolling restart of the 3 brokers at 1,000 ev/s (exporter, acks=all)",
-        test="test_rolling_restart_while_logging_1000_per_second",
+        f"rolling restart of the 3 brokers at 1,000 ev/s (exporter on {client}, acks=all)",
+        test=f"test_rolling_restart_while_logging_1000_per_second[{client}]",
         logged=n,
         rate=rate,
         lost=n - len(by_seq),
@@ -269,8 +275,9 @@ def kafkalog_line(seq: int) -> bytes:
     return orjson.dumps(record) + b"\n"
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_tail_while_the_leader_is_killed(
-    healthy_cluster: Cluster, topic: str, matrix: FaultMatrix, tmp_path: Path
+    healthy_cluster: Cluster, topic: str, matrix: FaultMatrix, tmp_path: Path, client: str
 ) -> None:
     """`logpipe tail` follows a growing file while its partition's leader is killed: every line reaches the topic."""
     cluster = healthy_cluster
@@ -282,7 +289,8 @@ def test_tail_while_the_leader_is_killed(
     command = [str(LOGPIPE), "tail", "--quiet", "-b", cluster.address, "-t", topic]
     command += ["--registry", str(tmp_path / "registry.json"), "--dead-letter", str(tmp_path / "dead.jsonl")]
     with open(out, "wb") as sink:
-        tailer = subprocess.Popen([*command, str(path)], stdout=sink, stderr=subprocess.STDOUT)
+        env = {**os.environ, "LOGPIPE_KAFKA_CLIENT": client}
+        tailer = subprocess.Popen([*command, str(path)], stdout=sink, stderr=subprocess.STDOUT, env=env)
     chaos = Chaos(lambda: cluster.kill(node))
     n, rate = 20_000, 2_000.0
     started = time.monotonic()
@@ -315,8 +323,8 @@ def test_tail_while_the_leader_is_killed(
     retries = re.search(r"retries=(\d+)", summary)
     assert chaos.at is not None
     matrix.add(
-        "kill -9 of the partition leader under logpipe tail",
-        test="test_tail_while_the_leader_is_killed",
+        f"kill -9 of the partition leader under logpipe tail (on {client})",
+        test=f"test_tail_while_the_leader_is_killed[{client}]",
         logged=n,
         rate=rate,
         lost=n - len(by_seq),
