@@ -133,7 +133,7 @@ def parse(
         ts = parse_time(moment)
     if ts is None:
         ts = time.time() if received is None else received
-    if b"\n" in data or b"\r" in data:
+    if 10 in data or 13 in data:  # LF, CR; an int is looked for with memchr, a bytes needle is ~10x slower
         data = data.replace(b"\n", b" ").replace(b"\r", b" ")
     trace_id = doc.get("TraceId")
     service = doc.get("Service")
@@ -178,7 +178,7 @@ def kafkalog(data: bytes, received: float) -> Record | None:
     n = len(record_id)  # _id_fits, inline
     if not n or (n > _ID_SAFE_CHARS and len(record_id.encode()) > MAX_ID_BYTES):
         return None
-    if b"\n" in data or b"\r" in data:
+    if 10 in data or 13 in data:  # LF, CR (as in parse)
         data = data.replace(b"\n", b" ").replace(b"\r", b" ")
     trace_id = doc.get("TraceId")
     service = doc.get("Service")

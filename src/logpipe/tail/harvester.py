@@ -244,13 +244,13 @@ class Harvester:
                     consumed = -consumed
                 else:
                     split = True
-            if line[-1:] == b"\r":
+            if size and line[-1] == 13:  # CR of a CRLF line (bytes indexed: an int, cheaper than a slice)
                 line = line[:-1]
             if not line:
                 empty += 1
             else:
                 record = None
-                if parse and not split and line[:1] == b"{":  # text never pays for a JSON parse
+                if parse and not split and line[0] == 123:  # "{": text never pays for a JSON parse
                     record = kafkalog(line, received)  # kafkalog_record without a call and a clock read
                     if record is None:
                         record = maker.foreign(line, path, pos, ids(pos))
