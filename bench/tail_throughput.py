@@ -19,14 +19,29 @@ broker, one message per line, in interleaved rounds (order rotates):
 Both are timed from the first line read to the last acknowledgement; the
 producer is created and has fetched the topic's metadata before the clock
 starts (one warm-up message each).
+
+With confluent-kafka installed, the workload also publishes where the
+tailer's time goes per line (`profile_tail`): the same ``--once`` run on
+confluent-kafka, in process, with the CPU time of the tailer's thread
+(``time.thread_time``) summed around each stage of the hot path (one timer
+pair per block or batch, not per line): reading and splitting
+(``Harvester.read``), taking lines into records (``Harvester.take``, whose
+recognition, ``ingress.kafkalog``, is also timed alone over the same lines),
+``produce`` (``ConfluentProducer.send``) and serving delivery reports
+(``poll``, in ``await_progress``); the rest of the thread is the loop, the
+in-flight bookkeeping and the registry; librdkafka's own threads are the
+process's CPU time less the tailer thread's.
 """
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .common import (
     Context,
@@ -127,6 +142,132 @@ def run_tail(path: Path, topic: str, isolation: str = "auto", client: str = "kaf
     return stats.sent / seconds, stats.sent
 
 
+#: The stages of `profile_tail`: key -> (row label, what it is).
+STAGES = {
+    "read": ("read + split", "`Harvester.read`: `pread` of a 1 MiB block, `bytes.split` into lines"),
+    "recognise": (
+        "recognise",
+        "`ingress.kafkalog` per line: `orjson.loads`, the KafkaLog key checks, the `Record` (timed alone over the "
+        "same lines)",
+    ),
+    "take": ("take (the rest)", "`Harvester.take` less the recognition: the loop, CR check, offsets, appends"),
+    "send": ("send", "`ConfluentProducer.send`: one `produce` per record with its `id` header and callback"),
+    "reports": ("delivery reports", "`poll` in `await_progress`: librdkafka's reports, one callback per record"),
+    "other": ("other", "the rest of the tailer's thread: loop, batches, in-flight bookkeeping, outcome, registry"),
+}
+
+
+@contextmanager
+def _timed(spent: dict[str, float], targets: list[tuple[Any, str, str]]) -> Iterator[None]:
+    """Sum the calling thread's CPU time spent in each ``(class, method, key)`` of *targets* into *spent*."""
+    clock = time.thread_time
+    originals = [(cls, name, getattr(cls, name)) for cls, name, _ in targets]
+
+    def wrap(method: Callable[..., Any], key: str) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = clock()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[key] += clock() - t0
+
+        return timed
+
+    for (cls, name, method), (_, _, key) in zip(originals, targets, strict=True):
+        setattr(cls, name, wrap(method, key))
+    try:
+        yield
+    finally:
+        for cls, name, method in originals:
+            setattr(cls, name, method)
+
+
+def profile_tail(path: Path, topic: str) -> dict[str, float]:
+    """CPU microseconds per line of each stage of ``logpipe tail --once`` on confluent-kafka (see `STAGES`)."""
+    from logpipe import ingress
+    from logpipe.exporters import kafka_confluent_producer as ck
+    from logpipe.record import info
+    from logpipe.tail import Tailer, load_options
+    from logpipe.tail.harvester import Harvester
+
+    spent = dict.fromkeys(("read", "take", "send", "reports"), 0.0)
+    targets = [
+        (Harvester, "read", "read"),
+        (Harvester, "take", "take"),
+        (ck.ConfluentProducer, "send", "send"),
+        (ck._Flight, "await_progress", "reports"),
+    ]
+    collected = [0.0, 0.0]  # the collector's time (it runs inside whichever stage allocates)
+
+    def gc_clock(phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            collected[1] = time.thread_time()
+        else:
+            collected[0] += time.thread_time() - collected[1]
+
+    with tempfile.TemporaryDirectory(prefix="logpipe-bench-tail-profile-") as state:
+        options = load_options(
+            {"paths": (str(path),), "registry": Path(state) / "r.json", "dead_letter": Path(state) / "dl.jsonl"},
+            environ={},
+        )
+        tailer = Tailer(
+            options, once=True, exporter_overrides={**kafka_options(topic, "all"), "client": "confluent-kafka"}
+        )
+        tailer.exporter.export([info("warm-up", "bench")])
+        with _timed(spent, targets):
+            gc.callbacks.append(gc_clock)
+            try:
+                cpu0, main0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+                stats = tailer.run()
+                wall = time.perf_counter() - t0
+                main, cpu = time.thread_time() - main0, time.process_time() - cpu0
+            finally:
+                gc.callbacks.remove(gc_clock)
+    n = max(1, stats.sent)
+    lines = path.read_bytes().split(b"\n")[:-1]
+    kafkalog, received = ingress.kafkalog, time.time()
+    c0 = time.thread_time()
+    for line in lines:
+        kafkalog(line, received)
+    recognise = (time.thread_time() - c0) / len(lines) * n
+    us = 1e6 / n
+    out = {
+        "read": spent["read"] * us,
+        "recognise": recognise * us,
+        "take": max(0.0, spent["take"] - recognise) * us,
+        "send": spent["send"] * us,
+        "reports": spent["reports"] * us,
+        "other": (main - sum(spent.values())) * us,
+        "thread": main * us,
+        "librdkafka": (cpu - main) * us,
+        "cpu": cpu * us,
+        "gc": collected[0] * us,
+        "rate": stats.sent / wall,
+        "sent": float(stats.sent),
+    }
+    return out
+
+
+def profile_note(profiles: list[dict[str, float]], n: int) -> str:
+    """The per-line table of `profile_tail` runs (medians) as markdown."""
+    med = {k: median(p[k] for p in profiles) for k in profiles[0]}
+    rows = [
+        "| stage | what | CPU us per line |",
+        "|---|---|---|",
+        *(f"| {label} | {what} | {med[key]:.2f} |" for key, (label, what) in STAGES.items()),
+        f"| **the tailer's thread** | the sum: what bounds lines/s (1 / this) | **{med['thread']:.2f}** |",
+        f"| librdkafka's threads | batching, sending, acknowledgements (C, the other core) | {med['librdkafka']:.2f} |",
+        f"| process | all threads | {med['cpu']:.2f} |",
+    ]
+    return (
+        f"**Where the time goes, per line** (`profile_tail`: `logpipe tail --once` on confluent-kafka in process, "
+        f"{n:,} KafkaLog lines, median of {len(profiles)} run(s); {fmt_num(med['rate'])} lines/s while timed). "
+        f"Each stage is the tailer thread's CPU time around it (`time.thread_time`, one timer pair per block or "
+        f"batch); the garbage collector ran {med['gc']:.2f} us a line of it, inside whichever stage allocated.\n\n"
+        + "\n".join(rows)
+    )
+
+
 def run(ctx: Context) -> Section:
     started = time.perf_counter()
     section = Section(
@@ -144,7 +285,8 @@ def run(ctx: Context) -> Section:
     peers: dict[str, tuple[str, Callable[[Path, str], tuple[float, int]]]] = {
         "raw": ("raw kafka-python producer reading the file (acks=all, logpipe's settings)", run_raw_file),
         "tail": (
-            "logpipe tail --once on kafka-python (Tailer API, fresh registry, Kafka exporter in a child process)",
+            "logpipe tail --once on kafka-python (Tailer API, fresh registry, LOGPIPE_TAIL_ISOLATION=auto: "
+            "the Kafka exporter in a child process)",
             run_tail,
         ),
         "tail_thread": (
@@ -160,7 +302,8 @@ def run(ctx: Context) -> Section:
             run_raw_confluent_file,
         )
         peers["tail_ck"] = (
-            "logpipe tail --once on confluent-kafka (LOGPIPE_KAFKA_CLIENT=confluent-kafka, exporter in process)",
+            "logpipe tail --once on confluent-kafka (the default client when installed; "
+            "LOGPIPE_TAIL_ISOLATION=auto: exporter in process)",
             lambda path, topic: run_tail(path, topic, "auto", "confluent-kafka"),
         )
     except ImportError:
@@ -182,6 +325,11 @@ def run(ctx: Context) -> Section:
                 rates[key].append(rate)
                 delivered[key].append(sent)
                 ctx.say(f"tail_throughput round {r + 1}/{rounds} {key}: {rate:,.0f} lines/s ({sent:,}/{n:,} lines)")
+        profiles: list[dict[str, float]] = []
+        if "tail_ck" in peers:
+            for r in range(rounds):
+                profiles.append(profile_tail(path, topic))
+                ctx.say(f"tail_throughput profile {r + 1}/{rounds}: {profiles[-1]['thread']:.2f} us a line (thread)")
     _delete_topic(topic)
     per_round = {k: [a / b for a, b in zip(rates[k], rates["raw"], strict=True)] for k in peers}
     ratios = per_round["tail"]
@@ -233,12 +381,18 @@ def run(ctx: Context) -> Section:
         f"thread, and logpipe's per-line work (recognising the line: `orjson.loads` of a 300-byte record plus the "
         f"key checks and the `Record`, ~2.3 us a line when profiled) comes on top of kafka-python's `send`, which "
         f"is ~85% of that thread's time. Tried there: a shorter GIL switch interval (slower), GC tuning (both "
-        f"peers gain alike), pysimdjson for the check (~0.4 us a line). By default (`LOGPIPE_TAIL_ISOLATION=auto`) "
-        f"the exporter runs in a child process, so reading and recognising lines and kafka-python's work use the "
-        f"two cores: {fmt_pct(ratio)}. Not validating the JSON would save the parse but would send torn lines "
+        f"peers gain alike), pysimdjson for the check (~0.4 us a line). On kafka-python, "
+        f"`LOGPIPE_TAIL_ISOLATION=auto` runs the exporter in a child process, so reading and recognising lines and "
+        f"kafka-python's work use the two cores: {fmt_pct(ratio)}. On confluent-kafka (`LOGPIPE_KAFKA_CLIENT=auto` "
+        f"picks it when installed, so it is what `logpipe tail` runs by default) `auto` keeps the exporter in the "
+        f"tailer's process: librdkafka's threads are C threads, and the per-line cost is the tailer's Python "
+        f"(see the per-line table below). Not validating the JSON would save the parse but would send torn lines "
         f"byte for byte instead of wrapping them."
     )
+    if profiles:
+        section.notes.append(profile_note(profiles, n))
     section.extra = {
+        "profiles": profiles,
         "rates": rates,
         "ratios": ratios,
         "per_round": per_round,

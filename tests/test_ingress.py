@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logpipe.ingress import Invalid, parse, parse_time, printable
+from logpipe.ingress import Invalid, kafkalog, parse, parse_time, printable
 from logpipe.record import Record, info
 
 
@@ -103,3 +103,70 @@ def test_read_time_false_checks_but_does_not_parse_the_time() -> None:
     result = parse(b'{"Id":"1","Msg":"m","Time":"2026-12-03T08:00:00+00:00"}', read_time=False, received=5.0)
     assert isinstance(result, Record) and result.ts == 5.0
     assert isinstance(parse(b'{"Id":"1","Msg":"m","Time":7}', read_time=False), Invalid)
+
+
+class TestKafkalog:
+    """`kafkalog` is `parse(read_time=False)` without the reason: the same rules on every input."""
+
+    _values = st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        max_leaves=6,
+    )
+    # Ids around the lengths where the byte count matters: 128 characters of up to 4 UTF-8 bytes, and 512 bytes.
+    _ids = st.one_of(
+        st.text(max_size=20),
+        st.text(alphabet="a", min_size=510, max_size=514),
+        st.text(alphabet="é€😀a", min_size=120, max_size=260),
+        _values,
+    )
+
+    @staticmethod
+    def agree(data: bytes) -> None:
+        expected = parse(data, received=7.5, read_time=False)
+        found = kafkalog(data, 7.5)
+        if isinstance(expected, Invalid):
+            assert found is None, expected.reason
+        else:
+            assert found == expected and type(found) is Record
+
+    @given(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "Id": _ids,
+                "Time": st.text(max_size=30) | _values,
+                "Msg": _values,
+                "TraceId": _values,
+                "Service": _values,
+                "Field": _values,
+            },
+        ),
+        st.sampled_from([b"", b"\n", b"\r\n", b" \r "]),
+    )
+    def test_documents(self, doc: dict[str, object], spacing: bytes) -> None:
+        data = orjson.dumps(doc)
+        self.agree(data)
+        self.agree(data.replace(b",", b"," + spacing))  # raw CR/LF between tokens
+
+    @given(st.binary(max_size=200) | _values.map(orjson.dumps))
+    def test_anything(self, data: bytes) -> None:
+        self.agree(data)
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b'{"Id":"' + b"a" * 512 + b'","Msg":null,"Time":""}',
+            b'{"Id":"' + b"a" * 513 + b'","Msg":null,"Time":""}',
+            b'{"Id":"' + "é".encode() * 256 + b'","Msg":1,"Time":"t"}',
+            b'{"Id":"' + "é".encode() * 257 + b'","Msg":1,"Time":"t"}',
+            b'{"Id":"' + "😀".encode() * 128 + b'","Msg":1,"Time":"t"}',
+            b'{"Id":"' + "😀".encode() * 129 + b'","Msg":1,"Time":"t"}',
+            b'{"Id":"1","Msg":1,"Time":"t","Id":""}',
+            b'{"Id":"1","Msg":1,"Time":null}',
+            b'{"Id":"1","Time":"t"}',
+            b'{"Id":"1","Msg":1,"Time":"t"} x',
+        ],
+    )
+    def test_edges(self, data: bytes) -> None:
+        self.agree(data)

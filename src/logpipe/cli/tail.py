@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,10 @@ def tail(
     progress.install_signals(
         tailer, "logpipe tail: second signal, exiting; unacknowledged lines are read again next time"
     )
+    # Everything made so far (modules, settings, the producer) lives as long as the command: out of the
+    # collector's way, so the full collections that the per-line records trigger do not walk it each time
+    # (~0.2 us a line of the tailer's thread, see docs/tail.md "Where the time goes").
+    gc.freeze()
     try:
         with display:
             stats = tailer.run()

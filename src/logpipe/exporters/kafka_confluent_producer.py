@@ -2,7 +2,7 @@
 
 Those threads never hold the GIL, so this producer runs in the application's
 process (``LOGPIPE_ISOLATION=auto``). Delivery reports are served by
-``poll``, from the thread that waits for a batch: one bound method per batch
+``poll``, from the thread that waits for a batch: one closure per batch
 collects them, and only a failure's report is matched back to its record
 (by its value: librdkafka does not return the headers, and every value
 holds the record's unique ``Id``).
@@ -33,7 +33,7 @@ import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
 from ..record import Record
-from .kafka_options import headers
+from .kafka_options import no_key
 from .kafka_outage import Failure
 
 __all__ = ["ConfluentProducer", "classify"]
@@ -65,6 +65,9 @@ _TRANSIENT_CODES = {
 
 #: Error callbacks the down-breaker already covers (one line per outage, not one per reconnect).
 _OUTAGE_CODES = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
+
+#: ``produce``'s partition for "let the partitioner choose" (librdkafka's RD_KAFKA_PARTITION_UA).
+_ANY_PARTITION = -1
 
 #: Producers abandoned in a forked child (see the module's docstring).
 _orphans: list[Any] = []
@@ -108,13 +111,27 @@ class ConfluentProducer:
     def send(self, topic: str, batch: Sequence[Record]) -> _Flight:
         flight = _Flight(self._producer, batch)
         produce: Any = self._producer.produce  # its stub types headers as str-or-bytes values: ours are bytes
-        key, report = self._key, flight.delivered
+        key = None if self._key is no_key else self._key
+        report = flight.delivered
         i, n = 0, len(batch)
         give_up_at: float | None = None
         while i < n:
             record = batch[i]
+            # headers(record), inline; the arguments by position (topic, value, key, partition, callback,
+            # on_delivery, timestamp, headers: confluent-kafka's order), as keywords cost a dict per message
+            record_id = record.id.encode()
+            trace_id = record.trace_id
             try:
-                produce(topic, record.payload, key(record), headers=headers(record), on_delivery=report)
+                produce(
+                    topic,
+                    record.payload,
+                    None if key is None else key(record),
+                    _ANY_PARTITION,
+                    report,
+                    None,
+                    0,
+                    [("trace_id", trace_id.encode()), ("id", record_id)] if trace_id else [("id", record_id)],
+                )
             except BufferError as exc:  # the local queue is full: serve delivery reports to make room
                 now = time.monotonic()
                 give_up_at = give_up_at or now + self._block
@@ -179,10 +196,14 @@ class _Flight:
         self.unsent: tuple[int, Failure] | None = None
         #: Delivery reports to wait for (set once the batch is handed over).
         self.expected = 0
+        append = self.reports.append
 
-    def delivered(self, error: Any, message: Any) -> None:
-        # Runs inside poll(), on whichever thread polls: list.append is atomic under the GIL.
-        self.reports.append(None if error is None else (error, message.value()))
+        def delivered(error: Any, message: Any) -> None:
+            # Runs inside poll(), once per message, on whichever thread polls: list.append is atomic under the
+            # GIL. A closure over the bound append: no attribute look-up per report.
+            append(None if error is None else (error, message.value()))
+
+        self.delivered = delivered
 
     def reject(self, index: int, failure: Failure) -> None:
         self.rejected.append((index, failure))
@@ -212,7 +233,8 @@ class _Flight:
         errors = [f for _, f in self.rejected]
         if self.unsent is not None:
             errors.append(self.unsent[1])
-        bad = [r for r in self.reports if r is not None]
+        reports = self.reports
+        bad = [r for r in reports if r is not None] if reports.count(None) < len(reports) else []
         if bad:
             by_value: dict[bytes, list[int]] = {}
             for i in range(end_of_handover):

@@ -31,6 +31,7 @@ __all__ = [
     "headers",
     "key_function",
     "librdkafka_config",
+    "no_key",
     "producer_config",
 ]
 
@@ -211,4 +212,9 @@ def key_function(choice: KeyChoice) -> Callable[[Record], bytes | None]:
         return lambda r: r.service.encode() if r.service else None
     if choice == "trace_id":
         return lambda r: r.trace_id.encode() if r.trace_id else None
-    return lambda r: None
+    return no_key
+
+
+def no_key(record: Record) -> None:
+    """The key function of ``key=none``: no key (a producer may test for it and skip the call)."""
+    return None

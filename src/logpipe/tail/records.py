@@ -1,7 +1,7 @@
 """An event of a file -> the record sent for it: the line itself when it is a KafkaLog record, else one built.
 
 A line that is a KafkaLog object (what the ``file`` exporter writes; the test
-is `kafkalog_record`, i.e. `logpipe.ingress.parse`) is sent byte for byte,
+is `kafkalog_record`, i.e. `logpipe.ingress.parse`'s rules) is sent byte for byte,
 with its own ``Id``. Another program's JSON log line (zap, logrus, slog,
 structlog, pino, bunyan, ECS, OpenTelemetry, a seed-design record without
 ``Id``) is mapped onto the KafkaLog keys by `logpipe.formats.normalize`
@@ -65,7 +65,7 @@ _LOG_KEYS = frozenset(
 
 
 def kafkalog_record(line: bytes) -> Record | None:
-    """The record *line* holds when it is a KafkaLog object (`logpipe.ingress.parse`); None for anything else.
+    """The record *line* holds when it is a KafkaLog object (`logpipe.ingress.kafkalog`); None for anything else.
 
     Such a line is sent byte for byte (the payload *is* the line), so its
     ``Id`` survives and downstream de-duplication works across the
@@ -74,8 +74,7 @@ def kafkalog_record(line: bytes) -> Record | None:
     if line[:1] != b"{":  # the common plain-text line: no JSON parse attempted
         return None
     # The Kafka exporter never reads Record.ts (the bytes carry Time): no time parse per line.
-    result = ingress.parse(line, read_time=False)
-    return None if isinstance(result, ingress.Invalid) else result
+    return ingress.kafkalog(line, time.time())
 
 
 def file_ids(fd: int, key: Key, head_bytes: int = ID_HEAD_BYTES, host: str = HOST) -> Callable[[object], str]:
