@@ -187,6 +187,8 @@ def child(args: argparse.Namespace) -> int:
         sp = spool.stats() if hasattr(spool, "stats") else None
         if sp is None or sp.pending_bytes == 0:
             break
+        # no log calls now, but the replay's progress still tells when it started after the outage
+        print(json.dumps({"drain_t": round(time.monotonic() - start, 3), "replayed": sp.replayed}), flush=True)
         time.sleep(0.5)
     pipeline.force_flush(30)
     sp = spool.stats() if hasattr(spool, "stats") else None
@@ -284,6 +286,8 @@ class Outage:
     distinct: int = 0
     #: Most OS threads the application's process had (librdkafka's are C threads, invisible to `threading`).
     threads: int = 0
+    #: (seconds, records replayed so far) whenever the application reported a replay under way.
+    replay: list[tuple[float, int]] = field(default_factory=list)
     #: Command lines of the application's child processes (logpipe's exporter child, if any).
     children: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -374,6 +378,7 @@ def outage_run(ctx: Context, client: str, phases: tuple[int, int, int]) -> Outag
             raise RuntimeError("the application gave no final report: " + " | ".join(result.errors[-5:]))
         result.final = final
         result.per_second = [r for r in reports if "t" in r]
+        result.replay = [(r.get("t", r.get("drain_t", 0.0)), r["replayed"]) for r in reports if r.get("replayed")]
         ctx.say(f"memory_outage [{client}]: counting what reached the topic")
         result.in_topic = topic_count(bootstrap, topic)
         result.distinct = unique_ids(bootstrap, topic)
@@ -460,7 +465,20 @@ def figures(run: Outage, phases: tuple[int, int, int]) -> dict[str, Any]:
         "stats": run.final["stats"],
         "spool": run.final.get("spool") or {},
         "who": run.final.get("who") or run.ready,
+        "replay_started": replay_started(run),
     }
+
+
+def replay_started(run: Outage) -> float | None:
+    """Seconds from the broker answering again to the spool's first replayed record (None: not seen).
+
+    The spool replays in bursts after a backoff; how soon the first one
+    follows the broker's return says whether its retries are waiting on stale failures.
+    """
+    up = next((t for name, t in run.events if name == "up"), None)
+    if up is None or not run.replay:
+        return None
+    return max(0.0, run.replay[0][0] - up)
 
 
 def rows_of(run: Outage, fig: dict[str, Any]) -> list[tuple[str, str]]:
@@ -493,6 +511,7 @@ def rows_of(run: Outage, fig: dict[str, Any]) -> list[tuple[str, str]]:
             "spool: written / replayed / pending bytes",
             f"{spool.get('written', 0):,} / {spool.get('replayed', 0):,} / {spool.get('pending_bytes', 0):,}",
         ),
+        ("spool replay began, after the broker was up again", seconds(fig["replay_started"])),
         ("messages in the topic / distinct ids", f"{run.in_topic:,} / {run.distinct:,} (of {fig['logged']:,})"),
     ]
 
@@ -502,6 +521,10 @@ def holds(who: dict[str, Any], threads: int) -> str:
     parts = "chain, queue, worker, spool" + ("" if who["place"] == "child process" else ", Kafka exporter")
     modules = ", ".join(who["modules"]) or "none"
     return f"{parts}; client modules loaded: {modules}; up to {threads} OS threads"
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
 
 
 def short(command: str) -> str:
@@ -602,6 +625,7 @@ def run(ctx: Context) -> Section:
             "events": r.events,
             "ready": r.ready,
             "final": r.final,
+            "replay": r.replay,
             "in_topic": r.in_topic,
             "distinct": r.distinct,
             "threads": r.threads,
