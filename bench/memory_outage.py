@@ -291,6 +291,8 @@ class Outage:
     #: Command lines of the application's child processes (logpipe's exporter child, if any).
     children: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: The machine's 1-minute load average when the application started (other work competes for the cores).
+    load: float = float("nan")
 
 
 def outage_run(ctx: Context, client: str, phases: tuple[int, int, int]) -> Outage:
@@ -336,6 +338,7 @@ def outage_run(ctx: Context, client: str, phases: tuple[int, int, int]) -> Outag
             "LOGPIPE_KAFKA_CLIENT": client,
             "LOGPIPE_ISOLATION": "auto",  # each client where logpipe puts it by default
         }
+        result.load = os.getloadavg()[0]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=spool_dir)
         reports: list[dict[str, Any]] = []
         readers = start_readers(proc, reports, result.errors)
@@ -476,9 +479,11 @@ def replay_started(run: Outage) -> float | None:
     follows the broker's return says whether its retries are waiting on stale failures.
     """
     up = next((t for name, t in run.events if name == "up"), None)
-    if up is None or not run.replay:
+    if up is None:
         return None
-    return max(0.0, run.replay[0][0] - up)
+    # records spilled before the outage (a full queue) may have been replayed already: count from the return
+    before = max((n for t, n in run.replay if t <= up), default=0)
+    return next((t - up for t, n in run.replay if t > up and n > before), None)
 
 
 def rows_of(run: Outage, fig: dict[str, Any]) -> list[tuple[str, str]]:
@@ -489,6 +494,7 @@ def rows_of(run: Outage, fig: dict[str, Any]) -> list[tuple[str, str]]:
         ("client that ran (the application's exporter describes itself)", who["exporter"]),
         ("the application's process holds", holds(who, run.threads)),
         ("child processes (RSS included)", "; ".join([str(kids), *(short(c) for c in run.children)])),
+        ("load average when the application started", f"{run.load:.1f} on {os.cpu_count()} cores"),
         ("events logged", f"{fig['logged']:,} ({fig['achieved']:,.0f}/s)"),
         ("RSS before the outage (max of last 10 s)", rss_split(fig)),
         ("RSS peak during the outage", f"{fig['peak_during']:.1f} MiB"),
@@ -629,6 +635,7 @@ def run(ctx: Context) -> Section:
             "in_topic": r.in_topic,
             "distinct": r.distinct,
             "threads": r.threads,
+            "load": r.load,
             "children": r.children,
         }
         for client, r in runs.items()
@@ -684,6 +691,9 @@ def notes(runs: dict[str, Outage], figs: dict[str, dict[str, Any]], why: dict[st
             "second (medians over seconds) is " + "; ".join(spans) + ". With the broker up, logpipe's worker "
             "(and, with confluent-kafka, the delivery reports it serves) runs Python code in the application's "
             "process, and a log call that needs the GIL meanwhile waits up to the 5 ms switch interval. The "
+            "machine's load average is in the table: above its number of cores, the slowest call of a second "
+            "mostly measures waiting for a core, and an exporter that gets too little CPU falls behind: the "
+            "application's queue fills up to its bound (`LOGPIPE_QUEUE_SIZE`), which shows in its RSS. The "
             "per-second p99 is higher than workload 1's because this application logs in 10 ms ticks and the "
             "first call after each sleep runs on cold caches, as it would for any logger."
         )
