@@ -357,6 +357,8 @@ def outage_run(ctx: Context, client: str, phases: tuple[int, int, int]) -> Outag
                 result.threads = max(result.threads, ps.num_threads())
             except psutil.Error:
                 break
+            if app == 0:  # exited and not reaped yet: a zombie has no memory, not a drop to 0
+                break
             result.samples.append((now, app / 2**20, kids / 2**20))
             if not stopped and now >= before:
                 stopped = True
