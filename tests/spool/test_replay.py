@@ -259,3 +259,29 @@ class TestWindow:
         assert primary.ids() == [r.id for r in sent]
         assert primary.most == 3
         assert spool.stats().segments == 0
+
+    def test_flights_begun_while_the_primary_failed_cost_one_backoff(self, tmp_path: Path) -> None:
+        """The step that sees a failure settles the whole window, so the first step after recovery delivers.
+
+        Each BLOCKED step makes the caller back off (up to 10 s in the spool
+        exporter); stale failures settled one per step delayed replay by one
+        backoff each after the broker was back (found by bench memory_outage).
+        """
+        sent = records(30)
+        spool = Spool(tmp_path)
+        spool.append([r.payload for r in sent])
+        spool.close()
+
+        class Windowed(InMemoryExporter):
+            max_in_flight = 3
+
+        primary = Windowed(fail=True)
+        replayer = Replayer(spool, primary, batch=4)
+        assert replayer.step() is Step.BLOCKED
+        primary.fail = False  # the destination is back
+        assert replayer.step() is Step.PROGRESS
+        while (step := replayer.step()) is Step.PROGRESS:
+            pass
+        assert step is Step.IDLE
+        assert primary.ids() == [r.id for r in sent]
+        assert spool.stats().replayed == 30

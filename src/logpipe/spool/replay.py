@@ -98,14 +98,26 @@ class Replayer:
         self._attempts: dict[str, int] = {}
 
     def step(self) -> Step:
-        """Begin what the window allows, settle the oldest flight; what happened."""
+        """Begin what the window allows, settle the oldest flight; what happened.
+
+        When the oldest flight is BLOCKED, the flights begun behind it are
+        settled in the same step, before the caller backs off: begun while the
+        destination failed, they failed with it (a Kafka exporter whose broker
+        is down answers FAILURE at once). Settled one per step, each stale
+        failure would cost the caller one more backoff after the destination
+        is back: with a window of 3 and delays of up to 10 s, replay resumed
+        20-30 s after the broker, not within one delay.
+        """
         self._launch()
         settled = self._window.settle()
         if settled is None:
             self._last = None  # nothing open: read from the committed offsets again
             return Step.IDLE
-        flight, outcome = settled
-        return self._settled(flight, outcome)
+        step = self._settled(*settled)
+        while step is Step.BLOCKED and (behind := self._window.settle()) is not None:
+            if self._settled(*behind) is Step.PROGRESS:
+                step = Step.PROGRESS
+        return step
 
     # -- beginning ------------------------------------------------------------------
 
