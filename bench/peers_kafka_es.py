@@ -255,7 +255,11 @@ def _cpu_note(figures: dict[str, dict[str, Any]], best: es_ceiling.Ceiling) -> s
 LOSSES: list[str] = []
 
 PEERS: dict[str, tuple[str, tuple[str, ...], Callable[[str, int, Path, list[Any]], Run]]] = {
-    "ship": ("logpipe ship (confluent-kafka consumer, 4 bulk requests in flight)", (), run_ship),
+    "ship": (
+        f"logpipe ship (confluent-kafka consumer, batches of 2,000 as bulk requests of {CHUNK}, 4 in flight)",
+        (),
+        run_ship,
+    ),
     "rsyslog": (
         "rsyslog imkafka -> omelasticsearch (bulk, 2,000 a request, 4 workers)",
         ("rsyslog", "rsyslog-kafka", "rsyslog-elasticsearch"),
