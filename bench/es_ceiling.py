@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import queue
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .common import ES_URL, Context, Section, fmt_num, require_es, require_module, unique
+from .peers import CPUProbe
 
 KEY = "es_ceiling"
 TITLE = "8. Elasticsearch raw bulk ceiling (pre-serialised bodies, concurrent requests)"
@@ -137,8 +139,14 @@ def post_all(payloads: Sequence[bytes], threads: int, url: str = ES_URL) -> tupl
     return seconds, failed[0]
 
 
-def measure_once(records: Sequence[Any], batch: int, threads: int) -> tuple[float, int]:
-    """Index *records* into fresh indices (logpipe's template); (docs/s, documents counted)."""
+def measure_once(
+    records: Sequence[Any], batch: int, threads: int, probe: CPUProbe | None = None
+) -> tuple[float, int, dict[str, float]]:
+    """Index *records* into fresh indices (logpipe's template); (docs/s, documents counted, cores).
+
+    With *probe*, the cores each probed process used while the requests
+    were sent (the bench's own process, the raw client, as ``client``).
+    """
     from logpipe import elasticsearch as es
 
     from .ship_throughput import count, drop, prepare_indices
@@ -149,8 +157,11 @@ def measure_once(records: Sequence[Any], batch: int, threads: int) -> tuple[floa
         for index in sorted({es.index_name(prefix, r.ts) for r in records}):
             client.options(ignore_status=400).indices.create(index=index)  # created before the clock
         payloads = bodies(records, prefix, batch)
+        probe = probe.with_process("client", os.getpid()) if probe else None
+        before = probe.read() if probe else None
         seconds, _failed = post_all(payloads, threads)
-        return len(records) / seconds, count(client, prefix)
+        cores = CPUProbe.cores(before, probe.read()) if probe and before else {}
+        return len(records) / seconds, count(client, prefix), cores
     finally:
         drop(client, prefix)
 
@@ -164,7 +175,7 @@ def find_ceiling(ctx: Context, records: Sequence[Any], rounds: int, vary_threads
     def measure(batch: int, threads: int = THREADS) -> float:
         rates = []
         for _ in range(rounds):
-            rate, counted = measure_once(records, batch, threads)
+            rate, counted, _cores = measure_once(records, batch, threads)
             if counted < n:
                 raise RuntimeError(f"raw bulk indexed {counted:,}/{n:,} documents (batch {batch})")
             rates.append(rate)
@@ -183,6 +194,16 @@ def find_ceiling(ctx: Context, records: Sequence[Any], rounds: int, vary_threads
     return best
 
 
+def sizes(ctx: Context) -> tuple[int, int]:
+    """(documents per measurement, rounds per step) of this workload: ``peers_kafka_es`` searches alike."""
+    return (20_000, 1) if ctx.quick else (200_000, 2)
+
+
+def search(ctx: Context, records: Sequence[Any]) -> Ceiling:
+    """The ceiling as this workload finds it: doubling, best of `sizes`' rounds, other thread counts unless quick."""
+    return find_ceiling(ctx, records, sizes(ctx)[1], vary_threads=not ctx.quick)
+
+
 def run(ctx: Context) -> Section:
     started = time.perf_counter()
     require_es()
@@ -190,10 +211,10 @@ def run(ctx: Context) -> Section:
     from .kafka_throughput import make_records
     from .peers_file_kafka import RECORD_SIZE
 
-    n, rounds = (20_000, 1) if ctx.quick else (200_000, 2)
+    n, rounds = sizes(ctx)
     records = make_records(n, size=RECORD_SIZE)
     size = sum(len(r.payload) for r in records) / n
-    best = find_ceiling(ctx, records, rounds, vary_threads=not ctx.quick)
+    best = search(ctx, records)
     section = Section(
         key=KEY,
         title=TITLE,

@@ -12,6 +12,10 @@
   with its own work directory and stops it by its pid.
 * `topic_end` / `topic_count` count what actually arrived on a topic: a peer
   that loses or repeats lines is reported as such.
+* `CPUProbe` reads the CPU seconds of the broker, the Elasticsearch node and a
+  shipper (the processes listening on the servers' ports, found with psutil)
+  at two moments, so a workload can say who used the machine's cores while it
+  measured a rate.
 """
 
 from __future__ import annotations
@@ -215,6 +219,91 @@ class Watched:
         if self.proc.returncode is None:
             with contextlib.suppress(ChildProcessError):
                 self.finish(5, signal.SIGKILL)
+
+
+def listening_pid(address: str) -> int | None:
+    """The local process listening on *address*'s port (``host:port`` or a URL); None when not visible.
+
+    Not visible: a server on another host, in a container, or a process
+    psutil may not inspect (not root).
+    """
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    port = urlsplit(address if "://" in address else f"tcp://{address}").port
+    try:
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return int(conn.pid)
+    except (psutil.Error, OSError):
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class CPUReading:
+    """CPU seconds (user + system) of each watched process, and of the whole machine, at one moment."""
+
+    at: float
+    seconds: dict[str, float]
+    machine_busy: float
+
+
+class CPUProbe:
+    """Reads the CPU seconds of named processes together, and the machine's busy time (all cores).
+
+    `cores` between two readings is the average number of cores each used
+    in between: how much of the machine the broker, the node and the
+    shipper took while a rate was measured. A process that is not visible
+    (or gone) is left out of the readings.
+    """
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.procs = {}
+        for name, pid in pids.items():
+            if pid is None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                self.procs[name] = psutil.Process(pid)
+
+    def with_process(self, name: str, pid: int) -> CPUProbe:
+        """A probe that also reads *pid* as *name* (a shipper launched after the probe was made)."""
+        probe = CPUProbe({})
+        probe.procs = dict(self.procs)
+        with contextlib.suppress(self._psutil.Error):
+            probe.procs[name] = self._psutil.Process(pid)
+        return probe
+
+    def read(self) -> CPUReading:
+        seconds = {}
+        for name, proc in self.procs.items():
+            with contextlib.suppress(self._psutil.Error):
+                times = proc.cpu_times()
+                seconds[name] = times.user + times.system
+        machine = self._psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        return CPUReading(time.perf_counter(), seconds, busy)
+
+    @staticmethod
+    def cores(start: CPUReading, end: CPUReading) -> dict[str, float]:
+        """Average cores each process (and ``machine``: every process) used from *start* to *end*."""
+        span = end.at - start.at
+        if span <= 0:
+            return {}
+        out = {name: (end.seconds[name] - start.seconds[name]) / span for name in end.seconds if name in start.seconds}
+        out["machine"] = (end.machine_busy - start.machine_busy) / span
+        return out
+
+
+def server_probe() -> CPUProbe:
+    """A `CPUProbe` of the bench's broker (``broker``) and Elasticsearch node (``node``), where visible."""
+    from .common import ES_URL, KAFKA_BOOTSTRAP
+
+    return CPUProbe({"broker": listening_pid(KAFKA_BOOTSTRAP.split(",")[0]), "node": listening_pid(ES_URL)})
 
 
 def _high_water_mark(pid: int) -> int:

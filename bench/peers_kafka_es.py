@@ -17,10 +17,22 @@ the record's ``Id``:
   beforehand in the same process, or searched here): the denominator.
 
 Both shippers are measured the same way: launched, watched by polling the
-indices' document count (after a refresh) every 0.25 s, stopped by SIGTERM
-once all N are counted. docs/s runs from the first document counted to the
-last (so start-up and joining the group are not counted); wall time from
-launch. CPU and peak RSS as in ``peers_file_kafka``.
+indices' indexing statistics (documents created on the primaries, which
+needs no refresh) every 0.25 s, stopped by SIGTERM once all N are indexed,
+then counted (after a refresh). docs/s runs from the first document indexed
+to the last (so start-up and joining the group are not counted); wall time
+from launch. CPU and peak RSS as in ``peers_file_kafka``. The watch does not
+refresh: a refresh every 0.25 s cost the node about a fifth more CPU per
+document (42 -> 52 us with the ceiling's requests, 48 -> 58 us with the
+shipper's, interleaved on this machine), which the ceiling, timed from its
+own requests, never paid.
+
+The machine's cores are shared: while a shipper runs, the broker serves the
+topic and the shipper does its own work beside the node, while the ceiling
+has the node alone with a client that only sends bytes. So every row also
+says how many cores the node, the broker and the shipper (or the raw client)
+used over its docs/s window (`peers.CPUProbe`; "-" when the servers'
+processes are not visible from here, e.g. in containers).
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +76,33 @@ class Run:
     rate: float  # docs/s, first document counted to the last
     usage: peers.Usage | None  # None for the in-process ceiling
     indexed: int
+    #: Average cores used over the docs/s window: node, broker, shipper (or the raw client), machine.
+    cores: dict[str, float] = field(default_factory=dict)
 
 
 class IndexWatch:
-    """Polls the count of documents in ``PREFIX-*``: when the first arrived, when N had."""
+    """Polls the documents in ``PREFIX-*``: when the first arrived, when N had.
 
-    def __init__(self, client: Any, prefix: str, n: int, interval: float = 0.25) -> None:
+    With *refresh* (``ship_scale``), the count after a refresh; without, the
+    primaries' ``indexing.index_total`` (documents created: a ``create``
+    refused as a 409 is not one), which costs the node no refresh.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        n: int,
+        interval: float = 0.25,
+        probe: peers.CPUProbe | None = None,
+        refresh: bool = True,
+    ) -> None:
         self.client, self.prefix, self.n, self.interval = client, prefix, n, interval
+        self.refresh = refresh
+        self.probe = probe
+        #: CPU readings when the first document was counted and when the last was.
+        self.cpu_first: peers.CPUReading | None = None
+        self.cpu_done: peers.CPUReading | None = None
         self.first: float | None = None
         self.last_at: float | None = None
         self.done: float | None = None
@@ -81,6 +113,9 @@ class IndexWatch:
 
     def _count(self) -> int:
         c = self.client.options(ignore_status=404)
+        if not self.refresh:
+            stats = c.indices.stats(index=f"{self.prefix}-*", metric="indexing")
+            return int(stats.get("_all", {}).get("primaries", {}).get("indexing", {}).get("index_total", 0))
         c.indices.refresh(index=f"{self.prefix}-*", allow_no_indices=True)
         answer = c.count(index=f"{self.prefix}-*", allow_no_indices=True)
         return int(answer.get("count", 0))
@@ -92,13 +127,15 @@ class IndexWatch:
             except Exception:
                 counted = self.last_count
             now = time.perf_counter()
+            edge = counted and (self.first is None or counted >= self.n)  # the window's start or end
+            reading = self.probe.read() if self.probe and edge else None
             if counted and self.first is None:
-                self.first = now
+                self.first, self.cpu_first = now, reading
             if counted != self.last_count:
                 self.last_at = now
             self.last_count = counted
             if counted >= self.n:
-                self.done = now
+                self.done, self.cpu_done = now, reading
                 return
             self._stop.wait(self.interval)
 
@@ -119,7 +156,8 @@ class IndexWatch:
 
 
 def _watch(watched: peers.Watched, client: Any, prefix: str, n: int) -> Run:
-    watch = IndexWatch(client, prefix, n)
+    probe = peers.server_probe().with_process("shipper", watched.proc.pid)
+    watch = IndexWatch(client, prefix, n, probe=probe, refresh=False)
     try:
         watch.wait(900)
     finally:
@@ -131,7 +169,8 @@ def _watch(watched: peers.Watched, client: Any, prefix: str, n: int) -> Run:
     indexed = count(client, prefix)
     # the first count comes up to one interval after the first document: the span is that much short
     rate = indexed / (span + watch.interval / 2) if span > 0 else float("nan")
-    return Run(rate, usage, indexed)
+    cores = peers.CPUProbe.cores(watch.cpu_first, watch.cpu_done) if watch.cpu_first and watch.cpu_done else {}
+    return Run(rate, usage, indexed, cores)
 
 
 def run_ship(topic: str, n: int, work: Path, records: list[Any]) -> Run:
@@ -169,15 +208,58 @@ def run_rsyslog(topic: str, n: int, work: Path, records: list[Any]) -> Run:
 def run_ceiling(topic: str, n: int, work: Path, records: list[Any]) -> Run:
     best = es_ceiling.LAST
     assert best is not None
-    rate, counted = es_ceiling.measure_once(records, best.batch, best.threads)
-    return Run(rate, None, counted)
+    rate, counted, cores = es_ceiling.measure_once(records, best.batch, best.threads, peers.server_probe())
+    if "client" in cores:
+        cores["shipper"] = cores.pop("client")
+    return Run(rate, None, counted, cores)
+
+
+#: The cores columns: what `peers.CPUProbe` reads (the ceiling's raw client is in the shipper's column).
+CORES = {
+    "node": "node cores",
+    "broker": "broker cores",
+    "shipper": "shipper (or client) cores",
+    "machine": "machine cores busy",
+}
+
+
+def _cpu_note(figures: dict[str, dict[str, Any]], best: es_ceiling.Ceiling) -> str:
+    """Who used the cores during the ship rows and during the ceiling, in words."""
+    ceiling, ship = figures.get("ceiling", {}), figures.get("ship", {})
+    head = (
+        f"The ceiling is {best.batch:,} documents a request x {best.threads} threads (es_ceiling's doubling search). "
+        f"Cores are averages over each row's docs/s window (medians over rounds) of the {os.cpu_count()} this "
+        "machine has; the ceiling's client is the bench's own process sending prebuilt bytes."
+    )
+    if not ceiling.get("cores") or not ship.get("cores"):
+        return head + " The broker's and the node's processes were not visible from the bench: no cores measured."
+    c, s = ceiling["cores"], ship["cores"]
+    us = ship["cpu_us_per_doc"]
+
+    def of(figs: dict[str, float], key: str, digits: int = 2) -> str:
+        return f"{figs[key]:.{digits}f}" if key in figs else "-"
+
+    cu = ceiling["cpu_us_per_doc"]
+    return head + (
+        f" During the ceiling the node used {of(c, 'node')} cores ({of(cu, 'node', 1)} us of CPU "
+        f"a document) and the client {of(c, 'shipper')}; during logpipe ship the node used {of(s, 'node')} cores "
+        f"({of(us, 'node', 1)} us a document), the broker {of(s, 'broker')} ({of(us, 'broker', 1)} us a document) and "
+        f"the shipper {of(s, 'shipper')} ({of(us, 'shipper', 1)} us a document: poll, check, bulk bodies, answers), "
+        f"with the machine {of(s, 'machine')} cores busy in all (every process on it, the bench's and any other). "
+        "What the broker and the shipper use is taken "
+        "from the node on a machine it shares with them; the ceiling does not pay it."
+    )
 
 
 #: What a lossy peer's own log said, for the notes.
 LOSSES: list[str] = []
 
 PEERS: dict[str, tuple[str, tuple[str, ...], Callable[[str, int, Path, list[Any]], Run]]] = {
-    "ship": ("logpipe ship (confluent-kafka consumer, 4 bulk requests in flight)", (), run_ship),
+    "ship": (
+        f"logpipe ship (confluent-kafka consumer, batches of 2,000 as bulk requests of {CHUNK}, 4 in flight)",
+        (),
+        run_ship,
+    ),
     "rsyslog": (
         "rsyslog imkafka -> omelasticsearch (bulk, 2,000 a request, 4 workers)",
         ("rsyslog", "rsyslog-kafka", "rsyslog-elasticsearch"),
@@ -206,7 +288,7 @@ def run(ctx: Context) -> Section:
     size = sum(len(r.payload) for r in records) / n
     if es_ceiling.LAST is None:
         ctx.say(f"{KEY}: searching the raw bulk batch size (es_ceiling did not run before in this process)")
-        es_ceiling.find_ceiling(ctx, records, 1, vary_threads=False)
+        es_ceiling.search(ctx, records)  # the same search as es_ceiling's, on the same documents
     best = es_ceiling.LAST
     assert best is not None
     available: dict[str, str] = {}
@@ -235,13 +317,25 @@ def run(ctx: Context) -> Section:
                         if one.usage
                         else ""
                     )
+                    if one.cores:
+                        cost += ", cores " + " ".join(f"{k} {v:.2f}" for k, v in one.cores.items())
                     ctx.say(f"{KEY} round {r + 1}/{rounds} {key}: {one.rate:,.0f} docs/s{cost}, {one.indexed:,}/{n:,}")
     finally:
         _delete_topic(topic)
     section = Section(
         key=KEY,
         title=TITLE,
-        columns=["peer", "docs/s", "spread (docs/s)", "% of ceiling", "wall s", "CPU s", "peak RSS", "indexed"],
+        columns=[
+            "peer",
+            "docs/s",
+            "spread (docs/s)",
+            "% of ceiling",
+            "wall s",
+            "CPU s",
+            "peak RSS",
+            "indexed",
+            *CORES.values(),
+        ],
         quick=ctx.quick,
     )
     figures: dict[str, dict[str, Any]] = {}
@@ -253,6 +347,7 @@ def run(ctx: Context) -> Section:
         rates = [x.rate for x in rs]
         pct = [x.rate / c.rate for x, c in zip(rs, runs["ceiling"], strict=True)]
         usages = [x.usage for x in rs if x.usage]
+        cores = {k: median(c) for k in CORES if (c := [x.cores[k] for x in rs if k in x.cores])}
         fig = {
             "rate": median(rates),
             "rates": rates,
@@ -261,6 +356,11 @@ def run(ctx: Context) -> Section:
             "cpu": median(u.cpu for u in usages) if usages else None,
             "peak_rss": max((u.peak_rss for u in usages), default=None),
             "indexed": min(x.indexed for x in rs),
+            "cores": cores,
+            # CPU microseconds per document indexed, per process, over the docs/s window
+            "cpu_us_per_doc": {
+                k: median(x.cores[k] / x.rate * 1e6 for x in rs if k in x.cores) for k in cores if k != "machine"
+            },
         }
         figures[key] = fig
         section.rows.append(
@@ -274,6 +374,7 @@ def run(ctx: Context) -> Section:
                 "CPU s": "-" if fig["cpu"] is None else f"{fig['cpu']:.1f}",
                 "peak RSS": "-" if fig["peak_rss"] is None else peers.rss_mib(fig["peak_rss"]),
                 "indexed": f"{fig['indexed']:,}/{n:,}" + (" **LOST DOCUMENTS**" if fig["indexed"] < n else ""),
+                **{column: f"{cores[k]:.2f}" if k in cores else "-" for k, column in CORES.items()},
             }
         )
     ship, rsys = figures.get("ship"), figures.get("rsyslog")
@@ -291,8 +392,9 @@ def run(ctx: Context) -> Section:
     section.notes.append(
         f"{n:,} KafkaLog records of {size:.0f} bytes on a {PARTITIONS}-partition topic, {rounds} round(s) per peer "
         "in rotating order; docs/s is the median over rounds, % of ceiling the median of per-round ratios to the "
-        "ceiling's round. The shippers' docs/s runs from the first document counted in the indices to the last "
-        "(polled after a refresh every 0.25 s; half an interval is added for the first document's wait), so start-up "
+        "ceiling's round. The shippers' docs/s runs from the first document indexed to the last (the primaries' "
+        "`indexing.index_total`, polled every 0.25 s without a refresh, which would cost the node CPU the ceiling "
+        "does not pay; half an interval is added for the first document's wait), so start-up "
         "and joining the consumer group are out; wall time is from launch. The ceiling is measured from memory, "
         "with nothing but the bulk requests (see the Elasticsearch ceiling section)."
     )
@@ -304,6 +406,7 @@ def run(ctx: Context) -> Section:
         "indexed (a crash can lose or repeat), "
         "where logpipe ship commits only what Elasticsearch acknowledged."
     )
+    section.notes.append(_cpu_note(figures, best))
     section.notes.append(tools.note())
     section.notes.extend(LOSSES)
     section.extra = {

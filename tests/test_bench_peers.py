@@ -10,10 +10,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -171,6 +174,37 @@ class TestWatched:
         assert usage.wall > 0.3
         assert usage.cpu > 0.05
         assert 1_000_000 < usage.peak_rss < 500 * 1024 * 1024
+
+    @pytest.mark.skipif(
+        importlib.util.find_spec("psutil") is None, reason="psutil: pip install -r bench/requirements.txt"
+    )
+    def test_a_probe_reads_the_cores_each_process_used(self) -> None:
+        """Cores between two readings per named process, plus the machine's; an invisible process is left out."""
+        probe = peers.CPUProbe({"bench": os.getpid(), "absent": None})
+        start = probe.read()
+        deadline = time.process_time() + 0.3
+        while time.process_time() < deadline:
+            pass
+        end = probe.read()
+        cores = peers.CPUProbe.cores(start, end)
+        assert set(cores) == {"bench", "machine"}
+        assert 0.25 < end.seconds["bench"] - start.seconds["bench"] < 1.0  # CPU seconds, whatever the load
+        assert 0 < cores["bench"] <= 1.5
+        assert cores["machine"] > 0
+        assert set(probe.with_process("other", os.getpid()).read().seconds) == {"bench", "other"}
+
+    @pytest.mark.skipif(
+        importlib.util.find_spec("psutil") is None, reason="psutil: pip install -r bench/requirements.txt"
+    )
+    def test_the_process_listening_on_a_port_is_found(self) -> None:
+        """By host:port or URL; a port nobody listens on gives None."""
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            port = server.getsockname()[1]
+            assert peers.listening_pid(f"127.0.0.1:{port}") == os.getpid()
+            assert peers.listening_pid(f"http://127.0.0.1:{port}") == os.getpid()
+        assert peers.listening_pid(f"127.0.0.1:{port}") is None
 
 
 def test_the_new_workloads_are_registered() -> None:

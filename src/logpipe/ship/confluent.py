@@ -122,6 +122,12 @@ class ConfluentConsumer:
                 messages = (
                     [first, *cast(Any, self._consumer.consume(max_records - 1, 0))] if max_records > 1 else [first]
                 )
+        # Per message: one tuple made in C (`tuple.__new__`, not the named tuple's Python __new__), and the
+        # partition's list found again only when the partition changes (consume() returns runs of one).
+        unavailable = self._lib.TIMESTAMP_NOT_AVAILABLE
+        make = tuple.__new__
+        batch: list[Message] = []
+        topic, partition = "", -1
         for m in messages:
             error = m.error()
             if error is not None:
@@ -129,22 +135,24 @@ class ConfluentConsumer:
                     raise self._lib.KafkaException(error)
                 continue  # transient (a broker went away, end of partition): librdkafka retries
             kind, ts = m.timestamp()
-            record = Record(
-                m.topic(),
-                m.partition(),
-                m.offset(),
-                None if kind == self._lib.TIMESTAMP_NOT_AVAILABLE else ts,
-                m.key(),
-                m.value(),
-                m.headers() or [],
-                m.leader_epoch(),
+            record = make(
+                Record,
+                (
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    None if kind == unavailable else ts,
+                    m.key(),
+                    m.value(),
+                    m.headers() or [],
+                    m.leader_epoch(),
+                ),
             )
-            tp = TopicPartition(record.topic, record.partition)
-            batch = found.get(tp)
-            if batch is None:
-                found[tp] = [record]
-            else:
-                batch.append(record)
+            if record[1] != partition or record[0] != topic:
+                topic, partition = record[0], record[1]
+                tp = TopicPartition(topic, partition)
+                batch = found.get(tp) or found.setdefault(tp, [])
+            batch.append(record)
         return found
 
     def commit(self, offsets: Mapping[TopicPartition, tuple[int, int | None]], timeout: float) -> None:
