@@ -276,6 +276,21 @@ class _Ticket:
 
 
 class TestPipelining:
+    def test_a_flush_with_nothing_left_does_not_spin_the_worker(self) -> None:
+        """While a flusher is about to notice it is done, the worker waits instead of looping."""
+        d = Dispatcher(InMemoryExporter(), batch_size=10, batch_delay=0.05)
+        takes = []
+        take = d._take
+        d._take = lambda flights: takes.append(1) or take(flights)  # type: ignore[method-assign]
+        with d._lock:
+            d._flushing += 1  # a flush whose target is reached, its flusher not yet back
+            d._wake.notify()
+        time.sleep(0.3)
+        with d._lock:
+            d._flushing -= 1
+        assert len(takes) < 20, f"{len(takes)} turns of the worker's loop in 0.3 s"
+        d.shutdown(5.0)
+
     def test_full_batches_are_begun_up_to_the_window_before_the_oldest_is_waited_for(self) -> None:
         """With max_in_flight=3 three full batches go out while none is acknowledged, never a fourth."""
         exporter = PipelinedExporter(window=3)

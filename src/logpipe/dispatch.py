@@ -270,7 +270,13 @@ class Dispatcher:
     def _take(self, flights: InFlight[Sequence[Record], Outcome]) -> list[Record]:
         """The next batch to begin (maybe empty), waiting up to batch_delay when there is nothing to do."""
         with self._lock:
-            if not len(flights) and len(self._queue) < self._batch_size and not (self._flushing or self._stopped):
+            if (
+                not len(flights)
+                and not self._stopped
+                and (not self._queue or (len(self._queue) < self._batch_size and not self._flushing))
+            ):
+                # An empty queue waits even while flushing: what the flush waits for is done, and
+                # looping here would only keep the flusher from the GIL until it notices.
                 self._wake.wait(self._batch_delay)
             full = len(self._queue) >= self._batch_size
             if flights.full or not (full or not len(flights) or self._flushing or self._stopped):
