@@ -49,6 +49,10 @@ from .report import Reporter
 
 __all__ = ["DispatchStats", "Dispatcher"]
 
+#: Seconds between looks at the oldest in-flight batch while the worker waits for a full batch to begin
+#: (the outcomes of acknowledged batches are collected then, or when the next batch is begun).
+_SERVE_EVERY = 0.02
+
 
 @dataclass(frozen=True)
 class DispatchStats:
@@ -245,9 +249,15 @@ class Dispatcher:
 
         A thin user of `InFlight`: with ``max_in_flight`` of 1 this is
         stop-and-wait; with more, full batches are begun while earlier ones
-        are still on the wire, and outcomes are settled oldest first. A
-        partial batch is only begun once nothing is in flight (or on flush and
-        shutdown), so a trickle of records still leaves after ``batch_delay``.
+        are still on the wire, and outcomes are settled oldest first. While
+        more could be begun, a `Pollable` oldest flight (the Kafka exporter's)
+        is only looked at, and the worker waits for the queue instead: a full
+        batch is begun the moment the application fills it (`submit` wakes
+        the worker), not after the oldest flight's acknowledgements; the
+        outcomes already in are collected at least every ``_SERVE_EVERY``
+        seconds. A partial batch is only begun once nothing is in flight (or
+        on flush and shutdown), so a trickle of records still leaves after
+        ``batch_delay``.
         """
         flights: InFlight[Sequence[Record], Outcome] = InFlight(
             max(1, self.exporter.max_in_flight),
@@ -260,8 +270,11 @@ class Dispatcher:
             if batch:
                 flights.begin(batch, functools.partial(self.exporter.begin, batch))
             elif len(flights):
-                settled = flights.settle()
-                assert settled is not None
+                idle = not flights.full and not (self._flushing or self._stopped)
+                settled = flights.settle(0.0 if idle else None)
+                if settled is None:  # the oldest flight is still out: wait for a full batch meanwhile
+                    self._await_batch(_SERVE_EVERY)
+                    continue
                 self._count(*settled)
                 flights.acknowledge(settled[0])
             elif self._stopped_and_empty():
@@ -292,6 +305,12 @@ class Dispatcher:
             if take and self._room_waiters:
                 self._room.notify_all()
             return batch
+
+    def _await_batch(self, timeout: float) -> None:
+        """Wait up to *timeout* seconds for a full batch, a flush or a shutdown (`submit` notifies)."""
+        with self._lock:
+            if len(self._queue) < self._batch_size and not (self._flushing or self._stopped):
+                self._wake.wait(timeout)
 
     def _stopped_and_empty(self) -> bool:
         """Stopped with nothing queued: wake the flushers one last time; True when the worker may end."""
