@@ -331,6 +331,43 @@ class TestPipelining:
         assert (s.sent, s.in_flight, s.queued) == (30, 0, 0) and balanced(s)
         d.shutdown(5.0)
 
+    def test_a_log_call_waits_for_the_worker_to_collect_outcomes_but_not_long(self) -> None:
+        """While the worker looks at a pollable flight, submit waits for it, at most _SERVE_WAIT; a
+        submit from inside the look (a client callback that logs) does not wait for itself."""
+        from logpipe import dispatch
+
+        exporter = PollableExporter(window=3)
+        d = Dispatcher(exporter, batch_size=10, batch_delay=5.0, queue_size=1000)
+        looking = threading.Event()
+        inner: list[bool] = []
+        ready = _PollableTicket.ready
+
+        def slow_ready(ticket: _PollableTicket, timeout: float) -> bool:
+            looking.set()
+            if not inner:
+                inner.append(d.submit(record.info("from a callback", "t.f")))  # the worker's own thread
+            time.sleep(0.05)
+            return ready(ticket, timeout)
+
+        _PollableTicket.ready = slow_ready  # type: ignore[method-assign]
+        try:
+            for r in records(10):
+                d.submit(r)
+            assert looking.wait(5)
+            started = time.perf_counter()
+            d.submit(record.info("during the look", "t.f"))
+            waited = time.perf_counter() - started
+            assert waited < dispatch._SERVE_WAIT + 0.04, waited
+            assert inner == [True]
+        finally:
+            _PollableTicket.ready = ready  # type: ignore[method-assign]
+        exporter.release.release()
+        exporter.release.release()
+        assert d.force_flush(5.0)
+        s = d.stats()
+        assert (s.submitted, s.sent) == (12, 12) and balanced(s)
+        d.shutdown(5.0)
+
     def test_a_flush_with_nothing_left_does_not_spin_the_worker(self) -> None:
         """While a flusher is about to notice it is done, the worker waits instead of looping."""
         d = Dispatcher(InMemoryExporter(), batch_size=10, batch_delay=0.05)

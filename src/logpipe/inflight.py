@@ -140,6 +140,11 @@ class InFlight(Generic[B, R]):
         """Batches begun and not yet acknowledged (in flight, or waiting for a retry)."""
         return len(self._ledger)
 
+    @property
+    def pollable(self) -> bool:
+        """The oldest flight is a `Pollable`: ``settle(timeout)`` waits at most *timeout* for it."""
+        return bool(self._flights) and hasattr(self._flights[0][1], "ready")
+
     def batches(self) -> Iterator[B]:
         """The open batches, oldest first."""
         return (entry.batch for entry in list(self._ledger))
