@@ -1,8 +1,9 @@
 """The one batch worker that serves every exporter.
 
 A log call only appends an encoded record to a bounded deque under a lock and
-returns; a daemon thread takes batches off the deque and hands them to the
-exporter. The thread wakes when a batch is full, when ``batch_delay`` has
+returns (once per batch it may wait, at most 5 ms, while the worker collects
+delivery reports: see `Dispatcher._serve`); a daemon thread takes batches off
+the deque and hands them to the exporter. The thread wakes when a batch is full, when ``batch_delay`` has
 passed, or when a flush or shutdown is asked for. Network time is spent only
 on that thread, never in the application's.
 
