@@ -275,7 +275,114 @@ class _Ticket:
         return ExportResult.SUCCESS
 
 
+class _PollableTicket(_Ticket):
+    """A ticket that can also be looked at with a timeout (a `logpipe.inflight.Pollable`), like the
+    Kafka exporter's batches."""
+
+    exporter: PollableExporter
+
+    def ready(self, timeout: float) -> bool:
+        if self.number not in self.exporter.acquired and self.exporter.release.acquire(timeout=timeout):
+            self.exporter.acquired.add(self.number)
+        return self.number in self.exporter.acquired
+
+    def wait(self) -> ExportResult | PartialFailure:
+        assert self.ready(10), "the test never released this batch"
+        self.exporter.release.release()  # what ready() took, for _Ticket.wait to take
+        return super().wait()
+
+
+class PollableExporter(PipelinedExporter):
+    def __init__(self, window: int) -> None:
+        super().__init__(window)
+        self.acquired: set[int] = set()
+
+    def begin(self, batch: Sequence[record.Record]) -> Pending:
+        super().begin(batch)
+        return _PollableTicket(self, len(self.begun) - 1, list(batch))
+
+
 class TestPipelining:
+    def test_a_full_batch_is_begun_while_the_oldest_is_still_out(self) -> None:
+        """With a pollable exporter (Kafka's), the worker does not sit on the oldest batch's
+        acknowledgements while a full batch waits in the queue: it begins it as soon as it is full."""
+        exporter = PollableExporter(window=3)
+        d = Dispatcher(exporter, batch_size=10, batch_delay=5.0, queue_size=1000)
+        batch = records(30)
+        for r in batch[:10]:
+            d.submit(r)
+        wait_until(lambda: len(exporter.begun) == 1, 5)
+        time.sleep(0.05)  # the worker is now waiting for the first batch's outcome
+        for r in batch[10:20]:
+            d.submit(r)
+        wait_until(lambda: len(exporter.begun) == 2, 5)  # batch 0 is never released before this
+        assert exporter.waited == []
+        exporter.release.release()  # batch 0 acknowledged: collected without a flush
+        wait_until(lambda: d.stats().sent == 10, 5)
+        for r in batch[20:]:
+            d.submit(r)
+        wait_until(lambda: len(exporter.begun) == 3, 5)
+        for _ in range(2):
+            exporter.release.release()
+        assert d.force_flush(5.0)
+        assert exporter.waited == [0, 1, 2]
+        assert exporter.ids() == [r.id for r in batch]
+        s = d.stats()
+        assert (s.sent, s.in_flight, s.queued) == (30, 0, 0) and balanced(s)
+        d.shutdown(5.0)
+
+    def test_a_log_call_waits_for_the_worker_to_collect_outcomes_but_not_long(self) -> None:
+        """While the worker looks at a pollable flight, submit waits for it, at most _SERVE_WAIT; a
+        submit from inside the look (a client callback that logs) does not wait for itself."""
+        from logpipe import dispatch
+
+        exporter = PollableExporter(window=3)
+        d = Dispatcher(exporter, batch_size=10, batch_delay=5.0, queue_size=1000)
+        looking = threading.Event()
+        inner: list[bool] = []
+        ready = _PollableTicket.ready
+
+        def slow_ready(ticket: _PollableTicket, timeout: float) -> bool:
+            looking.set()
+            if not inner:
+                inner.append(d.submit(record.info("from a callback", "t.f")))  # the worker's own thread
+            time.sleep(0.05)
+            return ready(ticket, timeout)
+
+        _PollableTicket.ready = slow_ready  # type: ignore[method-assign]
+        try:
+            for r in records(10):
+                d.submit(r)
+            assert looking.wait(5)
+            started = time.perf_counter()
+            d.submit(record.info("during the look", "t.f"))
+            waited = time.perf_counter() - started
+            assert waited < dispatch._SERVE_WAIT + 0.04, waited
+            assert inner == [True]
+        finally:
+            _PollableTicket.ready = ready  # type: ignore[method-assign]
+        exporter.release.release()
+        exporter.release.release()
+        assert d.force_flush(5.0)
+        s = d.stats()
+        assert (s.submitted, s.sent) == (12, 12) and balanced(s)
+        d.shutdown(5.0)
+
+    def test_a_flush_with_nothing_left_does_not_spin_the_worker(self) -> None:
+        """While a flusher is about to notice it is done, the worker waits instead of looping."""
+        d = Dispatcher(InMemoryExporter(), batch_size=10, batch_delay=0.05)
+        takes = []
+        take = d._take
+        d._take = lambda flights: takes.append(1) or take(flights)  # type: ignore[method-assign]
+        with d._lock:
+            d._flushing += 1  # a flush whose target is reached, its flusher not yet back
+            d._wake.notify()
+        time.sleep(0.3)
+        with d._lock:
+            d._flushing -= 1
+        assert len(takes) < 20, f"{len(takes)} turns of the worker's loop in 0.3 s"
+        d.shutdown(5.0)
+
     def test_full_batches_are_begun_up_to_the_window_before_the_oldest_is_waited_for(self) -> None:
         """With max_in_flight=3 three full batches go out while none is acknowledged, never a fourth."""
         exporter = PipelinedExporter(window=3)

@@ -22,8 +22,11 @@ records that were never delivered.
 
 A delivery in progress is a `Pending`: anything with ``wait()``. `Done` is
 one whose outcome is known at once; `Deferred` wraps a
-`concurrent.futures.Future` (work on a pool thread) and can also be waited for
-with a timeout, so a user can keep a consumer alive while it waits.
+`concurrent.futures.Future` (work on a pool thread). A pending that can also
+be waited for with a timeout (a `Pollable`: ``ready(timeout)``, as
+`Deferred` and the Kafka exporter's batches are) lets its user do other work
+while it waits: keep a consumer alive, or begin the next batch as soon as
+one is ready instead of after the oldest one's acknowledgements.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Deferred", "Done", "InFlight", "Pending"]
+__all__ = ["Deferred", "Done", "InFlight", "Pending", "Pollable"]
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
@@ -46,6 +49,14 @@ class Pending(Protocol[R_co]):
 
     def wait(self) -> R_co:
         """Block until the delivery is done or given up on; its outcome."""
+        ...
+
+
+class Pollable(Pending[R_co], Protocol):
+    """A `Pending` that can also be waited for with a timeout."""
+
+    def ready(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds (0: only look) for the outcome; True when ``wait()`` will not block."""
         ...
 
 
@@ -129,6 +140,11 @@ class InFlight(Generic[B, R]):
         """Batches begun and not yet acknowledged (in flight, or waiting for a retry)."""
         return len(self._ledger)
 
+    @property
+    def pollable(self) -> bool:
+        """The oldest flight is a `Pollable`: ``settle(timeout)`` waits at most *timeout* for it."""
+        return bool(self._flights) and hasattr(self._flights[0][1], "ready")
+
     def batches(self) -> Iterator[B]:
         """The open batches, oldest first."""
         return (entry.batch for entry in list(self._ledger))
@@ -157,14 +173,21 @@ class InFlight(Generic[B, R]):
     def settle(self, timeout: float | None = None) -> tuple[B, R] | None:
         """Wait for the oldest flight; its batch and outcome, or None when none is out.
 
-        With *timeout*, a `Deferred` flight that is not done within it is left
-        out and None returned (other `Pending` kinds are waited for in full).
+        With *timeout*, a `Pollable` flight (one with ``ready``) that is not
+        done within it is left out and None returned (other `Pending` kinds
+        are waited for in full).
         """
         if not self._flights:
             return None
         entry, pending = self._flights[0]
-        if timeout is not None and isinstance(pending, Deferred) and not pending.ready(timeout):
-            return None
+        ready = getattr(pending, "ready", None) if timeout is not None else None
+        if ready is not None:
+            try:
+                if not ready(timeout):
+                    return None
+            except Exception as exc:  # like a raising wait(): the failed outcome, the loop goes on
+                self._tell(exc)
+                pending = Done(self._failed)
         self._flights.popleft()
         entry.flying -= 1
         try:

@@ -15,9 +15,11 @@ Delivery is at-least-once, idempotent with ``acks=all``. `begin` hands a
 batch to the producer and its ``wait`` collects every record's
 acknowledgement within ``delivery_timeout`` (the dispatcher keeps
 ``in_flight_batches`` batches begun, so the producer never idles while a
-batch awaits its acks); the client retries retriable errors (leader moves,
-timeouts, a restarting broker) inside that budget. Whatever is not acknowledged is reported back (`PartialFailure`), so
-the dispatcher spools exactly those records; a record acknowledged by a
+batch awaits its acks; ``ready(timeout)`` collects what is in without waiting
+it out, so the dispatcher can begin the next batch meanwhile); the client
+retries retriable errors (leader moves, timeouts, a restarting broker) inside
+that budget. Whatever is not acknowledged is reported back (`PartialFailure`),
+so the dispatcher spools exactly those records; a record acknowledged by a
 broker whose answer was lost can therefore arrive twice. Consumers de-duplicate
 on ``Id``.
 
@@ -123,9 +125,11 @@ class KafkaExporter(Exporter):
             return Done(ExportResult.FAILURE)
         return _InFlight(self, producer, batch, producer.send(self.options.topic, batch))
 
-    def _outcome(self, producer: Producer, batch: Sequence[Record], flight: Flight) -> ExportResult | PartialFailure:
-        """Wait for *flight* and turn its records' fate into the batch's outcome (see `export`)."""
-        pending = self._wait(producer, flight)
+    def _outcome(
+        self, producer: Producer, batch: Sequence[Record], flight: Flight, pending: bool
+    ) -> ExportResult | PartialFailure:
+        """Turn the fate of *flight*'s records into the batch's outcome (see `export`); *pending*: some
+        records are still unresolved and given up on (out of budget, broker gone)."""
         failed, errors = flight.outcome(give_up=pending)
         self._count(len(batch) - len(failed), len(failed))
         if not failed:
@@ -203,22 +207,38 @@ class KafkaExporter(Exporter):
         text = explain(error, c.prefix, c.security) or f"{error.name()}: {error.str()}"
         report(f"{self.describe()}: {text}")
 
-    def _wait(self, producer: Producer, flight: Flight) -> bool:
-        """Wait for every record of *flight* within the delivery budget; True if some are still pending.
+    def _progress(self, waiting: _InFlight, timeout: float) -> bool:
+        """Serve delivery reports for up to *timeout* seconds (0: those already in); True once *waiting*'s
+        fate is known: every record resolved, or the rest given up on (``waiting.gave_up``).
 
-        A pending record after the broker stopped accepting connections is
-        given up on at once instead of at the end of the budget.
+        The delivery budget runs from the first call. A record still pending after the broker stopped
+        accepting connections is given up on at once instead of at the end of the budget: the broker
+        is probed after every `_PROBE_EVERY` seconds spent waiting in vain, so a batch acknowledged
+        within them costs no connect.
         """
-        deadline = time.monotonic() + self.options.delivery_timeout + 1.0
+        flight = waiting.flight
+        now = time.monotonic()
+        if waiting.deadline is None:
+            waiting.deadline = now + self.options.delivery_timeout + 1.0
+            waiting.probe_at = now + _PROBE_EVERY
+        end = now + timeout
+        polled = False
         while not flight.done():
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if now >= waiting.deadline:
+                waiting.gave_up = True
                 return True
-            flight.await_progress(min(_PROBE_EVERY, left))
-            # Probe only after waiting in vain: a batch acknowledged within the slice costs no connect.
-            if not flight.done() and (self._producer is not producer or not self._reachable()):
-                return True
-        return False
+            if now >= waiting.probe_at:
+                waiting.probe_at = now + _PROBE_EVERY
+                if self._producer is not waiting.producer or not self._reachable():
+                    waiting.gave_up = True
+                    return True
+            if polled and now >= end:
+                return False
+            flight.await_progress(max(0.0, min(end, waiting.probe_at, waiting.deadline) - now))
+            polled = True
+            now = time.monotonic()
+        waiting.gave_up = False
+        return True
 
     def _reachable(self) -> bool:
         """Some bootstrap address accepts a TCP connection (the breaker's probe)."""
@@ -246,14 +266,26 @@ class KafkaExporter(Exporter):
             self._failed += failed
 
 
-@dataclass(frozen=True)
 class _InFlight:
-    """One batch handed to the producer, its acknowledgements not collected yet."""
+    """One batch handed to the producer, its acknowledgements not collected yet (a `Pollable`)."""
 
-    exporter: KafkaExporter
-    producer: Producer
-    batch: Sequence[Record]
-    flight: Flight
+    __slots__ = ("batch", "deadline", "exporter", "flight", "gave_up", "probe_at", "producer")
+
+    def __init__(self, exporter: KafkaExporter, producer: Producer, batch: Sequence[Record], flight: Flight) -> None:
+        self.exporter = exporter
+        self.producer = producer
+        self.batch = batch
+        self.flight = flight
+        #: When waiting gives up on records still pending, and when the broker is probed next (set by
+        #: the first wait), and whether it gave up (None: the fate of some records is not known yet).
+        self.deadline: float | None = None
+        self.probe_at = 0.0
+        self.gave_up: bool | None = None
+
+    def ready(self, timeout: float) -> bool:
+        return self.gave_up is not None or self.exporter._progress(self, timeout)
 
     def wait(self) -> ExportResult | PartialFailure:
-        return self.exporter._outcome(self.producer, self.batch, self.flight)
+        while not self.ready(_PROBE_EVERY):
+            pass
+        return self.exporter._outcome(self.producer, self.batch, self.flight, bool(self.gave_up))
