@@ -67,8 +67,9 @@ def tail_available() -> bool:
         from logpipe.cli import main
     except ImportError:
         return False
-    commands = getattr(main, "commands", {})
-    return "tail" in commands
+    import click
+
+    return main.get_command(click.Context(main), "tail") is not None  # commands load lazily
 
 
 def run_raw_file(path: Path, topic: str) -> tuple[float, int]:

@@ -37,3 +37,8 @@ def test_the_stages_account_for_the_tailer_thread(
     assert (Harvester.read, ConfluentProducer.send) == (read, send)  # the timers are gone
     note = tail_throughput.profile_note([profile], 3000)
     assert note.count("\n|") == len(tail_throughput.STAGES) + 5  # header, rule, the stages, three totals
+
+
+def test_the_tail_command_is_found_though_sub_commands_load_lazily() -> None:
+    """The workload skips when there is no `logpipe tail`; with the lazy CLI group it must still find it."""
+    assert tail_throughput.tail_available()
