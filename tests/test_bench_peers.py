@@ -31,19 +31,26 @@ from bench.common import Skip  # noqa: E402
 
 
 class TestDoublingSearch:
-    def test_stops_at_the_first_step_that_does_not_improve(self) -> None:
-        """100, 200, 400 ... until a step is not better than the best so far; the best is returned."""
-        curve = {100: 10.0, 200: 18.0, 400: 25.0, 800: 24.0, 1600: 40.0}
+    def test_stops_after_two_steps_that_do_not_improve(self) -> None:
+        """100, 200, 400 ... until two steps in a row are not better than the best so far; the best is returned."""
+        curve = {100: 10.0, 200: 18.0, 400: 25.0, 800: 24.0, 1600: 24.5, 3200: 40.0}
         batch, rate, steps = es_ceiling.doubling_search(curve.__getitem__)
         assert (batch, rate) == (400, 25.0)
-        assert [b for b, _ in steps] == [100, 200, 400, 800]  # 1600 never tried
+        assert [b for b, _ in steps] == [100, 200, 400, 800, 1600]  # 3200 never tried
 
-    def test_a_gain_within_the_noise_stops_the_search(self) -> None:
-        """A step better by less than min_gain is kept as the best but ends the doubling."""
-        curve = {100: 10.0, 200: 10.1, 400: 50.0}
+    def test_one_flat_step_does_not_end_the_search(self) -> None:
+        """A noisy step (200 no better than 100) is followed by one more: 400 is found."""
+        curve = {100: 34.2, 200: 34.0, 400: 58.0, 800: 52.0, 1600: 50.0}
+        batch, rate, steps = es_ceiling.doubling_search(curve.__getitem__)
+        assert (batch, rate) == (400, 58.0)
+        assert [b for b, _ in steps] == [100, 200, 400, 800, 1600]
+
+    def test_a_gain_within_the_noise_counts_as_flat_but_is_kept(self) -> None:
+        """A step better by less than min_gain is kept as the best, and counts toward stopping."""
+        curve = {100: 10.0, 200: 10.1, 400: 10.2, 800: 50.0}
         batch, rate, steps = es_ceiling.doubling_search(curve.__getitem__, min_gain=0.03)
-        assert (batch, rate) == (200, 10.1)
-        assert len(steps) == 2
+        assert (batch, rate) == (400, 10.2)
+        assert len(steps) == 3
 
     def test_the_limit_bounds_the_batch(self) -> None:
         """A curve that always improves stops at the limit."""
