@@ -30,7 +30,7 @@ test: $(VENV)/.installed
 
 ## The fault campaign (tests/cluster/, marker "cluster", left out of `make test`): kill -9 of
 ## brokers, a rolling restart, the tailer and the shipper, on a three-broker KRaft cluster that
-## scripts/kafka-cluster.sh runs on 127.0.0.1:39092-39097 for the session. Prints the fault matrix
+## scripts/kafka-cluster.sh runs on 127.0.0.1:21092-21097 for the session. Prints the fault matrix
 ## of docs/reliability.md and writes it to fault-matrix.json in pytest's temp dir.
 test-cluster: $(VENV)/.installed
 	$(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)

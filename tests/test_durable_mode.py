@@ -346,8 +346,10 @@ def test_sigkill_loses_no_record_whose_call_returned_file(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 @pytest.mark.kafka
-def test_sigkill_loses_no_record_whose_call_returned_kafka(tmp_path: Path, kafka_service: Service) -> None:
-    """The same with the Kafka exporter (the session's real broker): every returned record in the topic."""
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+def test_sigkill_loses_no_record_whose_call_returned_kafka(tmp_path: Path, kafka_service: Service, client: str) -> None:
+    """The same with the Kafka exporter on each client (the session's real broker): every returned record in the
+    topic."""
     bootstrap = kafka_service.address
     rng = random.Random(os.environ.get("LOGPIPE_TEST_SEED", str(time.time_ns())))
     topic = f"durable-{uuid.uuid4().hex[:12]}"
@@ -356,6 +358,7 @@ def test_sigkill_loses_no_record_whose_call_returned_kafka(tmp_path: Path, kafka
         "LOGPIPE_EXPORTER": "kafka",
         "LOGPIPE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "LOGPIPE_KAFKA_TOPIC": topic,
+        "LOGPIPE_KAFKA_CLIENT": client,
     }
     returned: set[Key] = set()
     ids: dict[Key, str] = {}

@@ -1,6 +1,6 @@
 """The three-broker KRaft cluster of the fault tests, and the fault matrix they measure.
 
-The ``cluster`` fixture runs ``scripts/kafka-cluster.sh`` (ports 39092-39097 by default, beside the
+The ``cluster`` fixture runs ``scripts/kafka-cluster.sh`` (ports 21092-21097 by default, beside the
 single broker of ``scripts/kafka.sh``): it starts the cluster once per session unless it already
 runs, and stops it at the end only if it started it. ``healthy_cluster`` gives each test all three
 nodes up with every replica in sync, whatever the test before killed.
