@@ -146,6 +146,11 @@ num.io.threads=2
 num.replica.fetchers=1
 background.threads=2
 log.cleaner.threads=1
+# The cleaner allocates its dedupe buffer (128 MiB by default) as one array when it starts. In a
+# 256 MiB heap that has just loaded the logs of a long test campaign, G1 may find no 128 contiguous
+# free regions, and the node dies at start-up with "OutOfMemoryError: Java heap space" (CI, stop 18).
+# Only __consumer_offsets is compacted here; 8 MiB holds its keys many times over.
+log.cleaner.dedupe.buffer.size=8388608
 CONF
 }
 

@@ -133,6 +133,10 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# The cleaner allocates its dedupe buffer (128 MiB by default) as one array at start-up; a quarter of
+# a small heap in one piece can fail after a long test run (see kafka-cluster.sh). Only
+# __consumer_offsets is compacted here.
+log.cleaner.dedupe.buffer.size=8388608
 EOF
   if ((SECURE)); then secure_config >>"$PROPS"; fi
   kafka_write_log4j "$LOG4J"
