@@ -65,7 +65,9 @@ def spooled_ids(directory: Path) -> set[str]:
     return ids
 
 
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
 def test_spool_disk_full_then_room_and_broker_back(
+    client: str,
     kafka_service: Service,
     small_disk: tuple[Path, str],
     topic: str,
@@ -82,7 +84,10 @@ def test_spool_disk_full_then_room_and_broker_back(
     ballast.write_bytes(b"\0" * BALLAST)
     pipeline = logpipe.configure(
         exporter="kafka",
-        exporter_options={"kafka": {"bootstrap_servers": gate.address, "topic": topic}, "spool": spool_options},
+        exporter_options={
+            "kafka": {"bootstrap_servers": gate.address, "topic": topic, "client": client},
+            "spool": spool_options,
+        },
         local_render="none",
     )
     structlog.configure(processors=pipeline.processors())
@@ -140,8 +145,9 @@ def test_spool_disk_full_then_room_and_broker_back(
     lines = [line for line in err.splitlines() if line.startswith("logpipe:")]
     matrix.add(
         f"the spool's disk full ({'2 MiB tmpfs' if how == 'tmpfs' else 'max_bytes 1.5 MiB'}), Kafka unreachable, "
-        "then room again, then the broker back",
-        test="test_spool_disk_full_then_room_and_broker_back",
+        f"then room again, then the broker back ({client})",
+        test=f"test_spool_disk_full_then_room_and_broker_back[{client}]",
+        client=client,
         how=how,
         logged=total,
         accepted_into_spool=stats.spilled,
