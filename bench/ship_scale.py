@@ -4,8 +4,8 @@
 6-partition topic into fresh daily indices (logpipe's template). For each
 count, the shippers are started first and the bench waits until the group
 is stable with every member assigned; then N records are produced and the
-indexed documents are counted (after a refresh, every 0.25 s) from the first
-to the N-th: docs/s.
+indexed documents are counted (the primaries' ``indexing.index_total``, every
+0.25 s, no refresh) from the first to the N-th: docs/s.
 
 Then the failure case: 3 shippers, and once a third of the records are
 indexed one is SIGKILLed. The bench polls the group (``describe_consumer_groups``
@@ -306,8 +306,9 @@ def run(ctx: Context) -> Section:
     section.notes.append(
         f"{n:,} KafkaLog records of about 344 bytes, a {PARTITIONS}-partition topic, one consumer group; the "
         "shippers are started and the group is stable before the records are produced, so each count is measured "
-        "without its start-up; docs/s runs from the first document counted in the indices to the last (refresh + "
-        "count every 0.25 s). All shippers, the broker and the Elasticsearch node share this machine's cores: "
+        "without its start-up; docs/s runs from the first document counted in the indices to the last (the "
+        "primaries' `indexing.index_total`, polled every 0.25 s without a refresh). All shippers, the broker and "
+        "the Elasticsearch node share this machine's cores: "
         "where the node is the bottleneck, more shippers cannot add throughput here; on separate machines each "
         "shipper brings its own CPU and the node's shards are the limit (see docs/operations.md, Sizing)."
     )

@@ -214,6 +214,41 @@ class TestWatched:
         assert peers.listening_pid(f"127.0.0.1:{port}") is None
 
 
+class TestIndexWatch:
+    def test_it_counts_created_documents_without_refreshing(self) -> None:
+        """The watch reads the primaries' index_total; it never asks the node to refresh (which costs it CPU)."""
+        from bench.peers_kafka_es import IndexWatch
+
+        class Indices:
+            def __init__(self) -> None:
+                self.total, self.calls = 0, []
+
+            def stats(self, **kw: object) -> dict[str, object]:
+                self.calls.append(("stats", kw))
+                self.total = min(self.total + 40, 100)
+                return {"_all": {"primaries": {"indexing": {"index_total": self.total}}}}
+
+            def refresh(self, **kw: object) -> None:
+                self.calls.append(("refresh", kw))
+
+        class Client:
+            indices = Indices()
+
+            def options(self, **kw: object) -> Client:
+                return self
+
+        client = Client()
+        watch = IndexWatch(client, "lp", 100, interval=0.01)
+        try:
+            assert watch.wait(10)
+        finally:
+            watch.stop()
+        assert watch.last_count == 100 and watch.first is not None and watch.done is not None
+        assert watch.first <= watch.done
+        assert {name for name, _ in client.indices.calls} == {"stats"}
+        assert client.indices.calls[0][1] == {"index": "lp-*", "metric": "indexing"}
+
+
 def test_the_new_workloads_are_registered() -> None:
     """The runner knows the C-peer workloads; each module has a TITLE and run()."""
     for key in ("peers_file_kafka", "es_ceiling", "peers_kafka_es", "ship_scale"):
