@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "make bench"
         if sys.argv[1:] and argv is None:
             command = f"make bench  # this run: python -m bench {shlex.join(sys.argv[1:])}"
-        runs = [r for r in (previous or {}).get("runs", []) if set(r["workloads"]) - {k for k, _ in chosen}]
+        runs = report.superseded((previous or {}).get("runs", []), [k for k, _ in chosen])
         runs.append(
             {
                 "workloads": [k for k, _ in chosen],

@@ -122,6 +122,19 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def superseded(runs: list[dict[str, Any]], rerun: list[str]) -> list[dict[str, Any]]:
+    """The earlier *runs* without the workloads re-run now, so each figure names the one run it came from.
+
+    A run left with no workload of its own is dropped.
+    """
+    kept = []
+    for run in runs:
+        workloads = [k for k in run["workloads"] if k not in rerun]
+        if workloads:
+            kept.append({**run, "workloads": workloads})
+    return kept
+
+
 def merge(previous: dict[str, Any] | None, new: list[Section], order: list[str]) -> list[dict[str, Any]]:
     """The sections of *previous* with those of *new* replacing same-key ones, in workload order."""
     by_key: dict[str, dict[str, Any]] = {}

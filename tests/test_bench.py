@@ -106,3 +106,17 @@ def test_markdown_report(report: dict) -> None:
     assert "make bench" in md
     assert "| peer | median ns |" in md
     assert report["machine"]["cores (nproc)"].isdigit()
+
+
+def test_a_rerun_workload_leaves_the_runs_it_superseded() -> None:
+    """The runs table names, for each workload, the one run its figures came from."""
+    sys.path.insert(0, str(REPO))
+    from bench.report import superseded
+
+    runs = [
+        {"workloads": ["call_cost", "ship_scale", "tail_throughput"], "started": "12:49"},
+        {"workloads": ["tail_throughput"], "started": "13:16"},
+    ]
+    kept = superseded(runs, ["ship_scale", "tail_throughput"])
+    assert kept == [{"workloads": ["call_cost"], "started": "12:49"}]
+    assert runs[0]["workloads"] == ["call_cost", "ship_scale", "tail_throughput"]  # the input is left as it was
