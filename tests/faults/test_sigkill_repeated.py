@@ -124,7 +124,13 @@ def ship_all_and_check(shipper: Shipper, es: Any, prefix: str, expected: set[str
     return docs, int(last[-1]) if last else 0
 
 
+CLIENTS = ["kafka-python", "confluent-kafka"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 def test_tail_killed_at_random_five_times(
+    client: str,
+    monkeypatch: pytest.MonkeyPatch,
     kafka_service: Service,
     es: Any,
     topic: str,
@@ -135,6 +141,8 @@ def test_tail_killed_at_random_five_times(
     tmp_path: Path,
 ) -> None:
     """`logpipe tail` SIGKILLed 5 times while the file grows, then `--once`: every line in Kafka, once in ES."""
+    monkeypatch.setenv("LOGPIPE_KAFKA_CLIENT", client)  # the tail's producer (its processes inherit it)
+    shipper.env["LOGPIPE_SHIP_KAFKA_CLIENT"] = client
     rng = random.Random(seed)
     path = tmp_path / "app.jsonl"
     path.touch()
@@ -187,8 +195,10 @@ def test_tail_killed_at_random_five_times(
     assert not (tmp_path / "dead.jsonl").exists() or not (tmp_path / "dead.jsonl").read_bytes()
     docs, absorbed = ship_all_and_check(shipper, es, prefix, written)
     matrix.add(
-        f"SIGKILL of logpipe tail {KILLS} times at random moments while the file grows, then tail --once, then ship",
-        test="test_tail_killed_at_random_five_times",
+        f"SIGKILL of logpipe tail {KILLS} times at random moments while the file grows, then tail --once, then ship "
+        f"({client})",
+        test=f"test_tail_killed_at_random_five_times[{client}]",
+        client=client,
         seed=seed,
         lines=n,
         rate=rate,
@@ -203,7 +213,9 @@ def test_tail_killed_at_random_five_times(
     )
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_ship_killed_at_random_five_times(
+    client: str,
     kafka_service: Service,
     es: Any,
     topic: str,
@@ -214,11 +226,12 @@ def test_ship_killed_at_random_five_times(
     tmp_path: Path,
 ) -> None:
     """`logpipe ship` SIGKILLed 5 times while the application logs, then a last run: each record one document."""
+    shipper.env["LOGPIPE_SHIP_KAFKA_CLIENT"] = client  # the consumer's commits are what a kill tests
     rng = random.Random(seed)
     pipeline = logpipe.configure(
         exporter="kafka",
         exporter_options={
-            "kafka": {"bootstrap_servers": kafka_service.address, "topic": topic, "acks": "all"},
+            "kafka": {"bootstrap_servers": kafka_service.address, "topic": topic, "acks": "all", "client": client},
             "spool": {"dir": tmp_path / "spool", "replay_interval": 0.2},
         },
         local_render="none",
@@ -258,8 +271,10 @@ def test_ship_killed_at_random_five_times(
     assert set(by_seq) == set(range(n))
     docs, absorbed = ship_all_and_check(shipper, es, prefix, set(ids))
     matrix.add(
-        f"SIGKILL of logpipe ship {KILLS} times at random moments while the application logs, then a last run",
-        test="test_ship_killed_at_random_five_times",
+        f"SIGKILL of logpipe ship {KILLS} times at random moments while the application logs, then a last run "
+        f"({client})",
+        test=f"test_ship_killed_at_random_five_times[{client}]",
+        client=client,
         seed=seed,
         logged=n,
         rate=rate,
