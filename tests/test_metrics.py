@@ -119,10 +119,14 @@ def prefix(es_service: Service) -> Iterator[str]:
         client.options(ignore_status=404).indices.delete_index_template(name=es.template_name(name))
 
 
+CLIENTS = ["kafka-python", "confluent-kafka"]
+
+
 @pytest.mark.kafka
 @pytest.mark.elasticsearch
+@pytest.mark.parametrize("client", CLIENTS)
 def test_ship_metrics_while_shipping(
-    kafka_service: Service, es_service: Service, topic: str, prefix: str, tmp_path: Path
+    client: str, kafka_service: Service, es_service: Service, topic: str, prefix: str, tmp_path: Path
 ) -> None:
     """Counters, per-partition lag and the bulk histogram on /metrics match what the shipper did."""
     from kafka import KafkaProducer
@@ -140,7 +144,7 @@ def test_ship_metrics_while_shipping(
         "--index-prefix", prefix, "--dead-letter", f"file:{tmp_path / 'dlq.jsonl'}", "--status-interval", "0.2",
         "--max-message-bytes", "4096",
         "--metrics-address", f"127.0.0.1:{port}", "-q",
-        env={"LOGPIPE_ELASTICSEARCH_REPLICAS": "0"}, cwd=tmp_path,
+        env={"LOGPIPE_ELASTICSEARCH_REPLICAS": "0", "LOGPIPE_SHIP_KAFKA_CLIENT": client}, cwd=tmp_path,
     )  # fmt: skip
     try:
         wait_until(lambda: scraped(port, "logpipe_ship_indexed_total") == 301, timeout=90)
@@ -160,7 +164,8 @@ def test_ship_metrics_while_shipping(
 
 
 @pytest.mark.kafka
-def test_tail_metrics_while_tailing(kafka_service: Service, topic: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+def test_tail_metrics_while_tailing(client: str, kafka_service: Service, topic: str, tmp_path: Path) -> None:
     """Lines sent, bytes behind each file's end (0 once caught up, then growing) and the spool gauges."""
     log = tmp_path / "app.log"
     log.write_bytes(b"".join(f"plain line {n}\n".encode() for n in range(200)))
@@ -171,7 +176,10 @@ def test_tail_metrics_while_tailing(kafka_service: Service, topic: str, tmp_path
     proc = run_cli(
         "tail", str(log), "-t", topic, "-b", kafka_service.address, "--registry", str(tmp_path / "reg.json"),
         "--status-interval", "0.2", "--metrics-address", f"127.0.0.1:{port}", "-q",
-        env={"LOGPIPE_SPOOL_DIR": str(tmp_path / "spool"), "LOGPIPE_TAIL_REGISTRY_FLUSH": "0.1"}, cwd=tmp_path,
+        env={
+            "LOGPIPE_SPOOL_DIR": str(tmp_path / "spool"), "LOGPIPE_TAIL_REGISTRY_FLUSH": "0.1",
+            "LOGPIPE_KAFKA_CLIENT": client,
+        }, cwd=tmp_path,
     )  # fmt: skip
     try:
         wait_until(lambda: scraped(port, "logpipe_tail_sent_total") == 200, timeout=60)
