@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from spool_helpers import FailAfter, drain, records
+from spool_helpers import FailAfter, drain, records, spooled
 
 from conftest import wait_until
 from logpipe import deadletter
@@ -26,10 +26,7 @@ from logpipe.testing import InMemoryExporter
 class TestCrashSafety:
     def test_progress_survives_a_failing_primary_and_a_restart(self, tmp_path: Path) -> None:
         """A primary failing mid-batch commits exactly what it took; a new process resumes there."""
-        sent = records(50)
-        spool = Spool(tmp_path, segment_bytes=3_000)
-        spool.append([r.payload for r in sent])
-        spool.close()
+        sent, spool = spooled(tmp_path, 50, segment_bytes=3_000)
         flaky = FailAfter(23)
         replayer = Replayer(spool, flaky, batch=10)
         steps = [replayer.step() for _ in range(4)]
@@ -43,10 +40,7 @@ class TestCrashSafety:
 
     def test_killed_replayer_loses_nothing(self, tmp_path: Path) -> None:
         """SIGKILL in the middle of a replay: the next replay delivers every record, few twice."""
-        sent = records(400)
-        spool = Spool(tmp_path / "s", segment_bytes=20_000)
-        spool.append([r.payload for r in sent])
-        spool.close()
+        sent, spool = spooled(tmp_path / "s", 400, segment_bytes=20_000)
         out = tmp_path / "delivered.txt"
         script = textwrap.dedent(
             f"""
@@ -166,10 +160,7 @@ class TestPoisonRecords:
 class TestReplayCommand:
     def test_replays_a_directory_into_the_named_exporter(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """`logpipe replay DIR -e file` delivers every record, prints the count, exits 0."""
-        sent = records(40)
-        spool = Spool(tmp_path / "spool" / "kafka", segment_bytes=3_000)
-        spool.append([r.payload for r in sent])
-        spool.close()
+        sent, spool = spooled(tmp_path / "spool" / "kafka", 40, segment_bytes=3_000)
         monkeypatch.setenv("LOGPIPE_FILE_PATH", str(tmp_path / "out.jsonl"))
         result = CliRunner().invoke(main, ["replay", str(tmp_path / "spool" / "kafka"), "-e", "file"])
         assert result.exit_code == 0, result.output
@@ -229,10 +220,7 @@ class TestWindow:
         """With max_in_flight 3, three chunks are begun before the oldest is awaited; all arrive in order."""
         from logpipe.inflight import Pending
 
-        sent = records(30)
-        spool = Spool(tmp_path)
-        spool.append([r.payload for r in sent])
-        spool.close()
+        sent, spool = spooled(tmp_path, 30)
 
         class Pipelined(InMemoryExporter):
             max_in_flight = 3
@@ -267,10 +255,7 @@ class TestWindow:
         exporter); stale failures settled one per step delayed replay by one
         backoff each after the broker was back (found by bench memory_outage).
         """
-        sent = records(30)
-        spool = Spool(tmp_path)
-        spool.append([r.payload for r in sent])
-        spool.close()
+        sent, spool = spooled(tmp_path, 30)
 
         class Windowed(InMemoryExporter):
             max_in_flight = 3
