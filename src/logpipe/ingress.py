@@ -181,8 +181,7 @@ def kafkalog(data: bytes, received: float) -> Record | None:
     record_id = doc.get("Id")
     if type(record_id) is not str or type(doc.get("Time")) is not str or "Msg" not in doc:
         return None
-    n = len(record_id)  # _id_fits, inline
-    if not n or (n > _ID_SAFE_CHARS and len(record_id.encode()) > MAX_ID_BYTES):
+    if not _id_fits(record_id):
         return None
     return _record(doc, data, record_id, received)
 

@@ -33,7 +33,7 @@ import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
 from ..record import Record
-from .kafka_options import no_key
+from .kafka_options import headers, no_key
 from .kafka_outage import Failure
 
 __all__ = ["ConfluentProducer", "classify"]
@@ -117,10 +117,8 @@ class ConfluentProducer:
         give_up_at: float | None = None
         while i < n:
             record = batch[i]
-            # headers(record), inline; the arguments by position (topic, value, key, partition, callback,
-            # on_delivery, timestamp, headers: confluent-kafka's order), as keywords cost a dict per message
-            record_id = record.id.encode()
-            trace_id = record.trace_id
+            # The arguments by position (topic, value, key, partition, callback, on_delivery, timestamp,
+            # headers: confluent-kafka's order), as keywords cost a dict per message.
             try:
                 produce(
                     topic,
@@ -130,7 +128,7 @@ class ConfluentProducer:
                     report,
                     None,
                     0,
-                    [("trace_id", trace_id.encode()), ("id", record_id)] if trace_id else [("id", record_id)],
+                    headers(record),
                 )
             except BufferError as exc:  # the local queue is full: serve delivery reports to make room
                 now = time.monotonic()

@@ -151,7 +151,7 @@ class ConfluentConsumer:
             if record[1] != partition or record[0] != topic:
                 topic, partition = record[0], record[1]
                 tp = TopicPartition(topic, partition)
-                batch = found.get(tp) or found.setdefault(tp, [])
+                batch = found.setdefault(tp, [])
             batch.append(record)
         return found
 
