@@ -148,6 +148,17 @@ class IndexWatch:
         self._stop.set()
         self._thread.join(10)
 
+    def end(self) -> float:
+        """When the last document was counted (now, if none was)."""
+        return self.done or self.last_at or time.perf_counter()
+
+    def rate(self, indexed: int) -> float:
+        """*indexed* documents over the window from the first count to the last, in docs/s (NaN: no window)."""
+        end = self.end()
+        span = end - (self.first or end)
+        # the first count comes up to one interval after the first document: the span is that much short
+        return indexed / (span + self.interval / 2) if span > 0 else float("nan")
+
 
 def _watch(watched: peers.Watched, client: Any, prefix: str, n: int) -> Run:
     probe = peers.server_probe().with_process("shipper", watched.proc.pid)
@@ -157,12 +168,9 @@ def _watch(watched: peers.Watched, client: Any, prefix: str, n: int) -> Run:
     finally:
         watch.stop()
     usage = watched.finish(60, signal.SIGTERM)
-    end = watch.done or watch.last_at or time.perf_counter()
-    usage.wall = end - watched.started
-    span = end - (watch.first or end)
+    usage.wall = watch.end() - watched.started
     indexed = count(client, prefix)
-    # the first count comes up to one interval after the first document: the span is that much short
-    rate = indexed / (span + watch.interval / 2) if span > 0 else float("nan")
+    rate = watch.rate(indexed)
     cores = peers.CPUProbe.cores(watch.cpu_first, watch.cpu_done) if watch.cpu_first and watch.cpu_done else {}
     return Run(rate, usage, indexed, cores)
 

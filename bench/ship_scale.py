@@ -128,11 +128,9 @@ def throughput(ctx: Context, admin: Any, records: list[Any], k: int, session_tim
         produce(records, topic)
         watch.wait(900)
         watch.stop()
-        end = watch.done or watch.last_at or time.perf_counter()
-        span = end - (watch.first or end)
         usages = fleet.stop()
         indexed = count(client, fleet.prefix)
-        rate = indexed / (span + watch.interval / 2) if span > 0 else float("nan")
+        rate = watch.rate(indexed)
         ctx.say(f"{KEY}: {k} shipper(s): {rate:,.0f} docs/s, {indexed:,}/{n:,} documents")
         return {
             "k": k,

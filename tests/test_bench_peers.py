@@ -245,6 +245,8 @@ class TestIndexWatch:
             watch.stop()
         assert watch.last_count == 100 and watch.first is not None and watch.done is not None
         assert watch.first <= watch.done
+        # docs/s over the window from the first count to the last, the first count up to an interval late
+        assert watch.rate(100) == pytest.approx(100 / (watch.done - watch.first + 0.005))
         assert {name for name, _ in client.indices.calls} == {"stats"}
         assert client.indices.calls[0][1] == {"index": "lp-*", "metric": "indexing"}
 
