@@ -282,6 +282,7 @@ class _PollableTicket(_Ticket):
     exporter: PollableExporter
 
     def ready(self, timeout: float) -> bool:
+        self.exporter.looks += 1
         if self.number not in self.exporter.acquired and self.exporter.release.acquire(timeout=timeout):
             self.exporter.acquired.add(self.number)
         return self.number in self.exporter.acquired
@@ -296,6 +297,8 @@ class PollableExporter(PipelinedExporter):
     def __init__(self, window: int) -> None:
         super().__init__(window)
         self.acquired: set[int] = set()
+        #: Times the worker looked at a flight with `ready` (it does so while it waits for the outcome).
+        self.looks = 0
 
     def begin(self, batch: Sequence[record.Record]) -> Pending:
         super().begin(batch)
@@ -311,8 +314,7 @@ class TestPipelining:
         batch = records(30)
         for r in batch[:10]:
             d.submit(r)
-        wait_until(lambda: len(exporter.begun) == 1, 5)
-        time.sleep(0.05)  # the worker is now waiting for the first batch's outcome
+        wait_until(lambda: len(exporter.begun) == 1 and exporter.looks > 0, 5)  # waiting for batch 0's outcome
         for r in batch[10:20]:
             d.submit(r)
         wait_until(lambda: len(exporter.begun) == 2, 5)  # batch 0 is never released before this
