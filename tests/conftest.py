@@ -19,14 +19,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import structlog
 
 import logpipe
+from logpipe.kafkaclient import KafkaClient
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: The Kafka client libraries the tests that talk to a broker run on: every choice of
+#: ``LOGPIPE_KAFKA_CLIENT`` but ``auto``.
+KAFKA_CLIENTS = [c for c in get_args(KafkaClient) if c != "auto"]
 
 
 def pytest_report_header() -> str:

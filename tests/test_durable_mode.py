@@ -25,7 +25,7 @@ import pytest
 import structlog
 
 import logpipe
-from conftest import Service, consume_all, wait_until
+from conftest import KAFKA_CLIENTS, Service, consume_all, wait_until
 from logpipe.exporters.spool import SpoolExporter, SpoolOptions
 from logpipe.journal import JournalDispatcher
 from logpipe.record import Record, info
@@ -346,7 +346,7 @@ def test_sigkill_loses_no_record_whose_call_returned_file(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 @pytest.mark.kafka
-@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_sigkill_loses_no_record_whose_call_returned_kafka(tmp_path: Path, kafka_service: Service, client: str) -> None:
     """The same with the Kafka exporter on each client (the session's real broker): every returned record in the
     topic."""

@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 import logpipe
-from conftest import Service, wait_until
+from conftest import KAFKA_CLIENTS, Service, wait_until
 from logpipe import elasticsearch as es
 from logpipe.metrics import parse_address, publish_stats
 from logpipe.record import make_record
@@ -119,12 +119,9 @@ def prefix(es_service: Service) -> Iterator[str]:
         client.options(ignore_status=404).indices.delete_index_template(name=es.template_name(name))
 
 
-CLIENTS = ["kafka-python", "confluent-kafka"]
-
-
 @pytest.mark.kafka
 @pytest.mark.elasticsearch
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_ship_metrics_while_shipping(
     client: str, kafka_service: Service, es_service: Service, topic: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -164,7 +161,7 @@ def test_ship_metrics_while_shipping(
 
 
 @pytest.mark.kafka
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_tail_metrics_while_tailing(client: str, kafka_service: Service, topic: str, tmp_path: Path) -> None:
     """Lines sent, bytes behind each file's end (0 once caught up, then growing) and the spool gauges."""
     log = tmp_path / "app.log"

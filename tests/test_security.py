@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EsFront, SecureKafka
+from conftest import KAFKA_CLIENTS, EsFront, SecureKafka
 from logpipe import elasticsearch as es
 from logpipe.config import Secret
 from logpipe.kafkaclient import Connection, KafkaSecurity, kafka_python, librdkafka
@@ -25,7 +25,6 @@ from logpipe.kafkaerrors import failure_message
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 MECHANISMS = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
-LIBRARIES = ["kafka-python", "confluent-kafka"]
 PREFIX = "LOGPIPE_KAFKA_"
 
 
@@ -147,20 +146,20 @@ def assert_no_secret(texts: list[str], *secrets: str) -> None:
 
 
 class TestKafkaDelivers:
-    @pytest.mark.parametrize("library", LIBRARIES)
+    @pytest.mark.parametrize("library", KAFKA_CLIENTS)
     @pytest.mark.parametrize("mechanism", MECHANISMS)
     def test_sasl_ssl_mechanism_round_trip(self, secure_kafka: SecureKafka, library: str, mechanism: str) -> None:
         """Each SASL mechanism over TLS produces and consumes a message, with either client library."""
         assert round_trip(library, sasl(secure_kafka, mechanism)) is not None
 
-    @pytest.mark.parametrize("library", LIBRARIES)
+    @pytest.mark.parametrize("library", KAFKA_CLIENTS)
     def test_mutual_tls_with_an_encrypted_key(self, secure_kafka: SecureKafka, library: str) -> None:
         """A client certificate whose key has a passphrase gets through a listener that requires one."""
         assert round_trip(library, mtls(secure_kafka)) is not None
 
 
 class TestKafkaFailuresNameTheSetting:
-    @pytest.mark.parametrize("library", LIBRARIES)
+    @pytest.mark.parametrize("library", KAFKA_CLIENTS)
     def test_wrong_password(self, secure_kafka: SecureKafka, library: str, everything_captured: list[str]) -> None:
         """A wrong password is reported as such, naming SASL_PASSWORD / SASL_USERNAME, and never printed."""
         wrong = f"wrong-{uuid.uuid4().hex}"
@@ -172,7 +171,7 @@ class TestKafkaFailuresNameTheSetting:
         everything_captured += [repr(librdkafka(connection)), str(connection.security)]
         assert_no_secret(everything_captured, wrong)
 
-    @pytest.mark.parametrize("library", LIBRARIES)
+    @pytest.mark.parametrize("library", KAFKA_CLIENTS)
     def test_untrusted_ca(self, secure_kafka: SecureKafka, library: str, untrusted_ca: Path) -> None:
         """A broker certificate not signed by SSL_CAFILE's CA names SSL_CAFILE."""
         connection = sasl(secure_kafka, ssl_cafile=untrusted_ca)
@@ -181,7 +180,7 @@ class TestKafkaFailuresNameTheSetting:
             message
         )
 
-    @pytest.mark.parametrize("library", LIBRARIES)
+    @pytest.mark.parametrize("library", KAFKA_CLIENTS)
     def test_hostname_mismatch(self, secure_kafka: SecureKafka, library: str) -> None:
         """A certificate for another name names SSL_CHECK_HOSTNAME; turning the check off gets through."""
         connection = replace(sasl(secure_kafka), bootstrap_servers=(secure_kafka.mismatch,))
@@ -193,7 +192,7 @@ class TestKafkaFailuresNameTheSetting:
     def test_the_password_never_shows(self, secure_kafka: SecureKafka, everything_captured: list[str]) -> None:
         """The real password is in no repr, message, log record or output of a session that used it."""
         connection = sasl(secure_kafka, "SCRAM-SHA-512")
-        for library in LIBRARIES:
+        for library in KAFKA_CLIENTS:
             round_trip(library, connection)
         everything_captured += [repr(connection), str(connection), repr(kafka_python(connection))]
         everything_captured += [repr(librdkafka(connection)), f"{connection.security.sasl_password}"]

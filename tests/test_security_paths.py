@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 import logpipe
-from conftest import SecureKafka, Service, wait_until
+from conftest import KAFKA_CLIENTS, SecureKafka, Service, wait_until
 from logpipe.config import Secret
 from logpipe.kafkaclient import Connection, KafkaSecurity, kafka_python
 from logpipe.spool.backlog import SpoolCounter
@@ -65,10 +65,7 @@ def messages(broker: SecureKafka, topic: str, expect: int, timeout: float = 60) 
     return found
 
 
-CLIENTS = ["kafka-python", "confluent-kafka"]
-
-
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 @pytest.mark.parametrize("isolation", ["thread", "process"])
 def test_the_exporter_delivers_masked_records_over_sasl_ssl(
     secure_kafka: SecureKafka, isolation: str, client: str
@@ -95,7 +92,7 @@ def test_the_exporter_delivers_masked_records_over_sasl_ssl(
         assert b"hunter2" not in message.value
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_a_wrong_password_spools_names_the_setting_and_replay_delivers_later(
     secure_kafka: SecureKafka, tmp_path: Path, client: str
 ) -> None:
@@ -131,7 +128,7 @@ def test_a_wrong_password_spools_names_the_setting_and_replay_delivers_later(
     assert ids == set(range(30))
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_tail_over_sasl_ssl_with_flags(secure_kafka: SecureKafka, tmp_path: Path, client: str) -> None:
     """`logpipe tail --security-protocol ...` with the password from the environment only."""
     topic = f"sec-{uuid.uuid4().hex[:8]}"
@@ -154,7 +151,7 @@ def test_tail_over_sasl_ssl_with_flags(secure_kafka: SecureKafka, tmp_path: Path
 
 
 @pytest.mark.elasticsearch
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_ship_consumes_and_dead_letters_over_sasl_ssl(
     secure_kafka: SecureKafka, es_service: Service, client: str, tmp_path: Path
 ) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import Service, consume_all
+from conftest import KAFKA_CLIENTS, Service, consume_all
 
 APP = """
 import multiprocessing as mp, os, sys, structlog, logpipe
@@ -103,7 +103,7 @@ def test_every_record_of_every_worker_arrives(tmp_path: Path, mode: str, method:
 
 
 @pytest.mark.kafka
-@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 @pytest.mark.parametrize(("mode", "method"), [("process", "fork"), ("pool", "fork"), ("process", "spawn")])
 def test_with_the_kafka_exporter(tmp_path: Path, kafka_service: Service, mode: str, method: str, client: str) -> None:
     """Workers log to Kafka: on kafka-python through an exporter child process of each worker, on confluent-kafka

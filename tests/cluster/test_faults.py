@@ -28,7 +28,7 @@ import pytest
 import structlog
 
 import logpipe
-from conftest import Service, consume_all, wait_until
+from conftest import KAFKA_CLIENTS, Service, consume_all, wait_until
 
 from .conftest import NODES, Cluster, FaultMatrix
 
@@ -83,10 +83,6 @@ class Chaos:
         assert not self._thread.is_alive(), "the fault action did not finish"
         if self.error is not None:
             raise self.error
-
-
-#: The Kafka client libraries every exporter and tailer fault runs on.
-CLIENTS = ["kafka-python", "confluent-kafka"]
 
 
 def log_to(cluster: Cluster, topic: str, tmp_path: Path, client: str = "auto") -> Any:
@@ -164,7 +160,7 @@ def assert_accepted_all(stats: Any, n: int) -> None:
 # -- the application's Kafka exporter ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 @pytest.mark.parametrize("victim", ["leader", "follower"])
 def test_kill_9_of_a_broker_while_logging(
     healthy_cluster: Cluster, topic: str, matrix: FaultMatrix, tmp_path: Path, victim: str, client: str
@@ -210,7 +206,7 @@ def test_kill_9_of_a_broker_while_logging(
     )
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_rolling_restart_while_logging_1000_per_second(
     healthy_cluster: Cluster, topic: str, matrix: FaultMatrix, tmp_path: Path, client: str
 ) -> None:
@@ -275,7 +271,7 @@ def kafkalog_line(seq: int) -> bytes:
     return orjson.dumps(record) + b"\n"
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_tail_while_the_leader_is_killed(
     healthy_cluster: Cluster, topic: str, matrix: FaultMatrix, tmp_path: Path, client: str
 ) -> None:

@@ -22,7 +22,7 @@ import structlog
 from opentelemetry.sdk.trace import TracerProvider
 
 import logpipe
-from conftest import Service, consume_all, wait_until
+from conftest import KAFKA_CLIENTS, Service, consume_all, wait_until
 from logpipe import kafkaclient, plugins
 from logpipe.config import Secret
 from logpipe.exporters.base import ExportResult, PartialFailure
@@ -56,10 +56,7 @@ def spooled_ids(directory: Path) -> list[str]:
     return [Record.from_json(line).id for seg in Spool(directory).segments() for line in seg.read_bytes().splitlines()]
 
 
-CLIENTS = ["kafka-python", "confluent-kafka"]
-
-
-@pytest.fixture(autouse=True, params=CLIENTS)
+@pytest.fixture(autouse=True, params=KAFKA_CLIENTS)
 def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The client library under test: LOGPIPE_KAFKA_CLIENT for configured pipelines, pass it to KafkaOptions."""
     name: str = request.param

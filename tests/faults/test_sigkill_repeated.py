@@ -26,7 +26,7 @@ import structlog
 import logpipe
 from cluster.conftest import FaultMatrix
 from cluster.test_faults import LOGPIPE, assert_accepted_all, es_count, es_ids, kafkalog_line, log_paced, seqs_on
-from conftest import Service, consume_all, wait_until
+from conftest import KAFKA_CLIENTS, Service, consume_all, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.elasticsearch]
 
@@ -124,10 +124,7 @@ def ship_all_and_check(shipper: Shipper, es: Any, prefix: str, expected: set[str
     return docs, int(last[-1]) if last else 0
 
 
-CLIENTS = ["kafka-python", "confluent-kafka"]
-
-
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_tail_killed_at_random_five_times(
     client: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -213,7 +210,7 @@ def test_tail_killed_at_random_five_times(
     )
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_ship_killed_at_random_five_times(
     client: str,
     kafka_service: Service,

@@ -23,7 +23,7 @@ import structlog
 
 import logpipe
 from cluster.conftest import FaultMatrix
-from conftest import Service, consume_all, wait_until
+from conftest import KAFKA_CLIENTS, Service, consume_all, wait_until
 from logpipe.exporters.spool import SpoolExporter
 from logpipe.record import Record
 from logpipe.spool import Spool
@@ -65,7 +65,7 @@ def spooled_ids(directory: Path) -> set[str]:
     return ids
 
 
-@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+@pytest.mark.parametrize("client", KAFKA_CLIENTS)
 def test_spool_disk_full_then_room_and_broker_back(
     client: str,
     kafka_service: Service,

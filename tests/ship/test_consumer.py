@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Service, wait_until
+from conftest import KAFKA_CLIENTS, Service, wait_until
 from logpipe.kafkaclient import Connection
 from logpipe.ship.consumer import ConsumerSettings, TopicPartition, open_consumer
 
@@ -34,7 +34,7 @@ def topic(kafka_service: Service) -> Iterator[str]:
     admin.close()
 
 
-@pytest.fixture(params=["kafka-python", "confluent-kafka"])
+@pytest.fixture(params=KAFKA_CLIENTS)
 def consumer(request: pytest.FixtureRequest, kafka_service: Service, topic: str) -> Iterator[Any]:
     events: list[tuple[str, set[TopicPartition]]] = []
     settings = ConsumerSettings(

@@ -29,7 +29,7 @@ import structlog
 from click.testing import CliRunner
 
 import logpipe
-from conftest import Service, wait_until
+from conftest import KAFKA_CLIENTS, Service, wait_until
 from logpipe import deadletter, plugins
 from logpipe import elasticsearch as es
 from logpipe.cli import main
@@ -165,7 +165,7 @@ class Chain:
         return self.memory.ids()
 
 
-@pytest.fixture(params=["kafka-python", "confluent-kafka"])
+@pytest.fixture(params=KAFKA_CLIENTS)
 def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each end-to-end test runs once per Kafka client library (LOGPIPE_SHIP_KAFKA_CLIENT)."""
     monkeypatch.setenv("LOGPIPE_SHIP_KAFKA_CLIENT", request.param)

@@ -19,14 +19,14 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, Service, consume_all, wait_until
+from conftest import KAFKA_CLIENTS, REPO, Service, consume_all, wait_until
 from logpipe.cli import main
 from logpipe.exporters.kafka import KafkaExporter, KafkaOptions
 
 from .support import Running, kafkalog_lines, once, options, registry_offsets, write
 
 
-@pytest.fixture(autouse=True, params=["kafka-python", "confluent-kafka"])
+@pytest.fixture(autouse=True, params=KAFKA_CLIENTS)
 def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test on both client libraries: LOGPIPE_KAFKA_CLIENT for the command, `kafka` for the Tailer API."""
     name: str = request.param
