@@ -36,7 +36,8 @@
 #   LOGPIPE_SERVICES_KAFKA_START_TIMEOUT=120              seconds to wait for the nodes to answer
 #   LOGPIPE_SERVICES_KAFKA_STOP_TIMEOUT=30                seconds to wait after SIGTERM before SIGKILL
 #   LOGPIPE_SERVICES_DIR=<repo>/.services  state in $LOGPIPE_SERVICES_DIR/kafka-cluster/node{1,2,3}
-#                                          (server.properties, data/, kafka.log, kafka.pid)
+#                                          (server.properties, data/, kafka.log and the 5 before it
+#                                          as kafka.log.1-5, kafka.pid, hs_err_pid*.log if a JVM crashed)
 #   LOGPIPE_CACHE_DIR=~/.cache/logpipe     jars shared with kafka.sh
 set -euo pipefail
 
@@ -178,6 +179,15 @@ prepare() {
   fi
 }
 
+# kafka.log -> kafka.log.1 -> ... -> kafka.log.5: a campaign restarts each node several times, and
+# the log of the run before the last one is often the one that says why a node died.
+rotate_log() {
+  local i
+  for i in 4 3 2 1; do [[ -f "$1.$i" ]] && mv -f "$1.$i" "$1.$((i + 1))"; done
+  [[ -f "$1" ]] && mv -f "$1" "$1.1"
+  return 0
+}
+
 # Launches node N unless it runs (does not wait for it).
 launch() {
   local n=$1 dir pid
@@ -190,10 +200,11 @@ launch() {
   fi
   write_config "$n"
   format_storage "$n"
-  [[ -f "$dir/kafka.log" ]] && mv -f "$dir/kafka.log" "$dir/kafka.log.1"
+  rotate_log "$dir/kafka.log"
   # shellcheck disable=SC2086  # HEAP is a list of JVM flags
   nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$dir/kafka.pid" \
     "$JAVA" $HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
+    -XX:ErrorFile="$dir/hs_err_pid%p.log" \
     -Djava.awt.headless=true -Dlog4j2.configurationFile="$LOG4J" -Dkafka.logs.dir="$dir" \
     -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
     </dev/null >"$dir/kafka.log" 2>&1 9>&- &
