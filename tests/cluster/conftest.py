@@ -77,16 +77,16 @@ def log_tail(node: int, lines: int = 15, width: int = 240) -> str:
 class Cluster:
     """The cluster run by scripts/kafka-cluster.sh; ``address`` is its three-broker bootstrap list.
 
-    ``faults`` lists what the current test did to the nodes (``kill 2``, ``restart``) and when, on
-    the monotonic clock; ``heal`` clears it.
+    ``faults`` lists what the current test did to the nodes (the script's arguments: ``("kill", "2")``,
+    ``("restart",)``) and when, on the monotonic clock; ``heal`` clears it.
     """
 
     address: str = ""
-    faults: list[tuple[float, str]] = field(default_factory=list)
+    faults: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
 
     def run(self, *args: str, timeout: float = 300) -> str:
         if args[0] in ("kill", "stop-node", "start-node", "restart"):
-            self.faults.append((time.monotonic(), " ".join(args)))
+            self.faults.append((time.monotonic(), args))
         done = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError(f"kafka-cluster.sh {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
@@ -141,11 +141,10 @@ class Cluster:
 
     def caused(self, node: int) -> bool:
         """Whether this test killed, stopped or restarted *node* (so its going away is the fault under test)."""
-        for _, action in self.faults:
-            command, *target = action.split()
-            if command in ("kill", "stop-node", "restart") and target in ([str(node)], []):  # restart: every node
-                return True
-        return False
+        return any(
+            args[0] in ("kill", "stop-node", "restart") and args[1:] in ((str(node),), ())  # restart: every node
+            for _, args in self.faults
+        )
 
 
 class NodeWatch:
@@ -190,7 +189,7 @@ class NodeWatch:
         def at(t: float) -> str:
             return f"{t - self.started:6.1f} s"
 
-        lines = [f"{at(t)}  the test ran: kafka-cluster.sh {action}" for t, action in self.cluster.faults]
+        lines = [f"{at(t)}  the test ran: kafka-cluster.sh {' '.join(args)}" for t, args in self.cluster.faults]
         for node in NODES:
             if node not in self.gone:
                 lines.append(f"node {node}: running (pid {node_pid(node)})")
